@@ -1,0 +1,124 @@
+"""Event-driven simulation of a pipeline schedule.
+
+Every rank runs its action list in order. An action starts as soon as its
+rank is free and every action it depends on has finished (plus ``comm_time``
+when the dependency ran on another rank):
+
+- ``F`` of a microbatch on virtual stage ``s`` needs that microbatch's ``F``
+  on virtual stage ``s - 1``;
+- ``B`` on virtual stage ``s`` needs ``F`` on ``s`` and ``B`` on ``s + 1``
+  (the last virtual stage computes the loss right after its forward);
+- ``W`` needs ``B`` of the same microbatch on the same virtual stage.
+
+Times are in arbitrary but consistent units (seconds, or "one forward").
+A ``B`` without a matching ``W`` in the schedule is a full backward and takes
+``backward_time + weight_time``; with a matching ``W`` it takes
+``backward_time`` and the ``W`` takes ``weight_time``. The same three times
+therefore compare zero-bubble schedules fairly with the others.
+
+A microbatch's activations on a virtual stage count as stashed from the start
+of its ``F`` until the end of its last backward action there (``W`` where the
+schedule has one, else ``B``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .schedules import BACKWARD, FORWARD, KINDS, WEIGHT, Action, Schedule
+
+
+class Interval(NamedTuple):
+    """When one action ran: ``start`` and ``end`` in the simulation's time unit."""
+
+    action: Action
+    start: float
+    end: float
+
+
+class Timeline(NamedTuple):
+    """Result of :func:`simulate`.
+
+    ``intervals[r]`` lists rank ``r``'s actions in the order they ran.
+    ``makespan`` is the end of the last action (the run starts at 0).
+    ``bubble_fraction`` is idle time over total time: ``1 - busy / (P * makespan)``.
+    ``peak_activations[r]`` is the largest number of (microbatch, chunk)
+    activations rank ``r`` held at any instant.
+    """
+
+    intervals: list[list[Interval]]
+    makespan: float
+    bubble_fraction: float
+    peak_activations: list[int]
+
+
+class InvalidScheduleError(ValueError):
+    """A schedule is malformed: a pass is missing, repeated or out of range."""
+
+
+class DeadlockError(RuntimeError):
+    """A schedule can never finish: every unfinished rank waits on another."""
+
+    def __init__(self, message: str, stuck: dict[int, Action]):
+        super().__init__(message)
+        self.stuck = stuck
+
+
+def validate_schedule(schedule: Schedule) -> tuple[int, int, int]:
+    """Check that ``schedule`` is well formed and return ``(P, M, v)``.
+
+    Every rank must run ``F`` and ``B`` exactly once for each microbatch and
+    each of its chunks, and at most one ``W`` per (microbatch, chunk), after
+    nothing else is assumed about order. Raises InvalidScheduleError otherwise.
+    """
+    num_stages = len(schedule)
+    if num_stages == 0:
+        raise InvalidScheduleError("schedule has no ranks")
+    actions = [a for rank_actions in schedule for a in rank_actions]
+    if not actions:
+        raise InvalidScheduleError("schedule has no actions")
+    for rank, rank_actions in enumerate(schedule):
+        for action in rank_actions:
+            if action.kind not in KINDS or action.microbatch < 0 or action.chunk < 0:
+                raise InvalidScheduleError(f"rank {rank} has an invalid action {action!r}")
+    num_microbatches = 1 + max(a.microbatch for a in actions)
+    num_chunks = 1 + max(a.chunk for a in actions)
+
+    for rank, rank_actions in enumerate(schedule):
+        seen: set[Action] = set()
+        for action in rank_actions:
+            if action in seen:
+                raise InvalidScheduleError(f"rank {rank} runs {action} twice")
+            seen.add(action)
+        for kind in (FORWARD, BACKWARD):
+            for chunk in range(num_chunks):
+                for mb in range(num_microbatches):
+                    if Action(kind, mb, chunk) not in seen:
+                        raise InvalidScheduleError(
+                            f"rank {rank} never runs {Action(kind, mb, chunk)}"
+                        )
+    return num_stages, num_microbatches, num_chunks
+
+
+def simulate(
+    schedule: Schedule,
+    forward_time: float,
+    backward_time: float,
+    weight_time: float = 0.0,
+    comm_time: float = 0.0,
+) -> Timeline:
+    """Simulate ``schedule`` and return its :class:`Timeline`.
+
+    Runs in time linear in the number of actions. Raises
+    InvalidScheduleError for a malformed schedule and DeadlockError, naming
+    each stuck rank and the action it waits on, when no rank can move.
+    """
+    for name, value in (("forward_time", forward_time), ("backward_time", backward_time),
+                        ("weight_time", weight_time), ("comm_time", comm_time)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    num_stages, _, num_chunks = validate_schedule(schedule)
+    num_virtual = num_stages * num_chunks
+
+    # YOUR CODE HERE
+    raise NotImplementedError("replace this line with your implementation")

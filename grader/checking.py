@@ -1,0 +1,101 @@
+"""The pieces every check is built from: registration, failures, hypothesis settings.
+
+A check is a function that receives a :class:`grader.sandbox.Worker` for the
+submission and returns normally when the submission passes. It fails by
+raising :class:`CheckFailed` with a message in the learner's terms ("for P=2,
+M=1, rank 0 runs B0 before F0") and, where the wrong value matches a known
+mistake, the name of that misconception.
+
+Checks draw their inputs with hypothesis. Official grading runs every
+property derandomised, with no example database and no deadline, so a
+submission gets the same examples, the same shrunk counterexample and the
+same score on every run and machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.reporting import with_reporter
+
+from .sandbox import Worker
+
+
+class CheckFailed(AssertionError):
+    """The submission gave a wrong answer; the message says which and where."""
+
+    def __init__(self, message: str, misconception: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.misconception = misconception
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check: its id (``module.topic``), the modules it imports and its body."""
+
+    id: str
+    modules: tuple[str, ...]
+    body: Callable[[Worker], None]
+    doc: str
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def check(check_id: str, modules: tuple[str, ...]) -> Callable[[Callable[[Worker], None]], Callable[[Worker], None]]:
+    """Register the decorated function as the check ``check_id``."""
+
+    def register(body: Callable[[Worker], None]) -> Callable[[Worker], None]:
+        if check_id in REGISTRY:
+            raise ValueError(f"check {check_id!r} is registered twice")
+        REGISTRY[check_id] = Check(check_id, tuple(modules), body, (body.__doc__ or "").strip())
+        return body
+
+    return register
+
+
+@dataclass(frozen=True)
+class ExplorationMode:
+    """How properties draw examples: official (derandomised) or exploratory."""
+
+    seed: int | None = None
+    example_scale: float = 1.0
+
+
+_MODE = ExplorationMode()
+
+
+def set_mode(mode: ExplorationMode) -> None:
+    """Switch between official grading (``seed=None``) and a seeded exploration run."""
+    global _MODE
+    _MODE = mode
+
+
+def run_property(test: Callable[..., Any], max_examples: int) -> None:
+    """Run a ``@given`` test under the grading settings.
+
+    Officially the run is derandomised: hypothesis seeds itself from the
+    test's own source, so the examples depend on the grader version only.
+    With a seed (``pplab grade --seed N``) the run explores other examples and
+    more of them, and is not an official grade.
+    """
+    examples = max(1, round(max_examples * _MODE.example_scale))
+    configured = settings(
+        max_examples=examples,
+        derandomize=_MODE.seed is None,
+        database=None,
+        deadline=None,
+        print_blob=False,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    )(test)
+    if _MODE.seed is not None:
+        from hypothesis import seed
+
+        configured = seed(_MODE.seed)(configured)
+    with with_reporter(lambda _message: None):
+        configured()

@@ -1,0 +1,199 @@
+"""The ``pplab`` command line: grade, viz, stubs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_USAGE = 0, 1, 2
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _fail(message: str) -> int:
+    print(f"pplab: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# --- grade --------------------------------------------------------------------
+
+def _add_grade(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "grade", help="grade a submission folder laid out like exercises/",
+        description="Grade a submission: every check runs the submission in a sandboxed worker process.")
+    parser.add_argument("path", nargs="?", default="exercises",
+                        help="submission folder (default: ./exercises)")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="report format on stdout (default: text)")
+    parser.add_argument("--output", metavar="FILE", help="also write the JSON report to FILE")
+    parser.add_argument("--check", action="append", metavar="ID", dest="checks",
+                        help="run only this check (repeatable), e.g. schedules.one_f_one_b")
+    parser.add_argument("--visible-only", action="store_true", help="run only the visible checks")
+    parser.add_argument("--list", action="store_true", help="list the checks with points and exit")
+    parser.add_argument("--seed", type=int, metavar="N",
+                        help="explore with a random seed and 4x the examples (not an official grade)")
+    parser.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="wall-clock limit for one call into the submission (default: 20)")
+    parser.add_argument("--fail-under", type=float, metavar="PCT",
+                        help="exit with status 1 when the score is below PCT percent")
+    parser.add_argument("--rubric", metavar="FILE", help="rubric TOML file (default: the packaged one)")
+    parser.set_defaults(handler=_grade)
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from .checking import ExplorationMode
+    from .report import render_json, render_text
+    from .rubric import DEFAULT_RUBRIC, RubricError, load_rubric
+    from .runner import SubmissionError, grade
+    from .sandbox import Limits
+
+    if args.timeout <= 0:
+        return _fail(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    if args.fail_under is not None and not 0 <= args.fail_under <= 100:
+        return _fail(f"--fail-under must be a percentage from 0 to 100, got {args.fail_under:g}")
+    try:
+        rubric = load_rubric(Path(args.rubric) if args.rubric else DEFAULT_RUBRIC)
+    except RubricError as error:
+        return _fail(str(error))
+    if args.list:
+        for entry in rubric.checks:
+            print(f"{entry.id:<36} {entry.points:>4g}  {entry.visibility:<7}  {entry.title}")
+        return EXIT_OK
+    known = {entry.id for entry in rubric.checks}
+    unknown = [c for c in args.checks or [] if c not in known]
+    if unknown:
+        return _fail(f"unknown check {unknown[0]!r}; known checks: {', '.join(sorted(known))}")
+    rubric = rubric.select("visible" if args.visible_only else None, args.checks)
+
+    mode = ExplorationMode() if args.seed is None else ExplorationMode(seed=args.seed, example_scale=4.0)
+    show_progress = args.format == "text" and sys.stderr.isatty()
+
+    def progress(result, done, total):
+        if show_progress:
+            print(f"\r[{done}/{total}] {result.id:<40}", end="", file=sys.stderr, flush=True)
+
+    try:
+        report = grade(Path(args.path), rubric, Limits(call_timeout=args.timeout), mode, progress)
+    except SubmissionError as error:
+        return _fail(str(error))
+    if show_progress:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+
+    print(render_json(report) if args.format == "json" else render_text(report))
+    if args.output:
+        Path(args.output).write_text(render_json(report) + "\n", encoding="utf-8")
+    if args.fail_under is not None and report.max_score:
+        if 100.0 * report.score / report.max_score < args.fail_under:
+            return EXIT_BELOW_THRESHOLD
+    return EXIT_OK
+
+
+# --- viz ----------------------------------------------------------------------
+
+def load_implementation(impl: str, module: str):
+    """Import ``module`` from ``reference``, ``exercises`` or a submission folder path."""
+    if impl in ("reference", "exercises"):
+        return importlib.import_module(f"{impl}.{module}")
+    folder = Path(impl)
+    if not folder.is_dir():
+        raise UsageError(f"--impl {impl!r} is neither 'reference', 'exercises' nor an existing folder")
+    if not (folder / f"{module}.py").is_file():
+        raise UsageError(f"{folder} has no {module}.py; copy it from exercises/")
+    # Load the folder as a private package so its relative imports resolve to its own files.
+    package = "pplab_submission"
+    spec = importlib.util.spec_from_file_location(
+        package, folder / "__init__.py" if (folder / "__init__.py").exists() else None,
+        submodule_search_locations=[str(folder)])
+    if spec.loader is None:
+        import types
+
+        root = types.ModuleType(package)
+        root.__path__ = [str(folder)]
+        sys.modules[package] = root
+    else:
+        root = importlib.util.module_from_spec(spec)
+        sys.modules[package] = root
+        spec.loader.exec_module(root)
+    return importlib.import_module(f"{package}.{module}")
+
+
+def _add_script(subparsers, name: str, module: str, help_text: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text, add_help=False,
+                                   description=f"{help_text}. Options after the command go to {module}.py; "
+                                               "--impl reference|exercises|PATH picks whose code runs.")
+    parser.add_argument("--impl", default="reference",
+                        help="whose code to run: reference, exercises or a submission folder (default: reference)")
+    parser.set_defaults(handler=lambda args: _run_script(module, args))
+
+
+def _run_script(module: str, args: argparse.Namespace) -> int:
+    try:
+        script = load_implementation(args.impl, module)
+    except UsageError as error:
+        return _fail(str(error))
+    if "prog" in inspect.signature(script.main).parameters:
+        return int(script.main(args.rest, prog=f"pplab {args.command}") or 0)
+    return int(script.main(args.rest) or 0)
+
+
+# --- stubs --------------------------------------------------------------------
+
+def _add_stubs(subparsers) -> None:
+    parser = subparsers.add_parser("stubs", help="regenerate exercises/ from reference/ (instructors)")
+    parser.add_argument("--check", action="store_true",
+                        help="only report whether exercises/ is up to date (exit 1 when stale)")
+    parser.set_defaults(handler=_stubs)
+
+
+def _stubs(args: argparse.Namespace) -> int:
+    from .stubs import generate_stubs, stale_files
+
+    reference, exercises = REPO_ROOT / "reference", REPO_ROOT / "exercises"
+    if not reference.is_dir():
+        return _fail(f"{reference} not found: stubs are generated from the instructor's copy")
+    if args.check:
+        stale = stale_files(reference, exercises)
+        for name in stale:
+            print(f"stale: exercises/{name}")
+        return 1 if stale else EXIT_OK
+    for name in generate_stubs(reference, exercises):
+        print(f"wrote exercises/{name}")
+    return EXIT_OK
+
+
+# --- entry point --------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pplab", description="Pipeline- and expert-parallelism exercises and grader.")
+    parser.add_argument("--version", action="version", version=f"pplab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_grade(subparsers)
+    _add_script(subparsers, "viz", "pipeline_schedule_viz", "draw pipeline schedules as ASCII or PNG charts")
+    _add_stubs(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command not in ("viz",) and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Grade a submission: run each rubric check in its own worker and collect results."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .checking import REGISTRY, CheckFailed, ExplorationMode, set_mode
+from .rubric import Rubric, load_rubric
+from .sandbox import Limits, SubmissionAborted, Worker
+
+logger = logging.getLogger(__name__)
+
+# Statuses a check can end with.
+PASSED, FAILED, NOT_IMPLEMENTED, ERROR = "passed", "failed", "not_implemented", "error"
+
+
+class SubmissionError(ValueError):
+    """The submission folder cannot be graded at all (missing, or a module is absent)."""
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check, ready for every report format."""
+
+    id: str
+    exercise: str
+    title: str
+    status: str
+    score: float
+    max_score: float
+    visibility: str
+    message: str = ""
+    misconception: str | None = None
+    output: str = ""
+    duration_s: float = 0.0
+
+
+@dataclass
+class GradeReport:
+    """All results for one submission, with what is needed to reproduce them."""
+
+    submission: str
+    results: list[CheckResult]
+    exercises: dict[str, str]
+    environment: dict[str, str] = field(default_factory=dict)
+    official: bool = True
+    seed: int | None = None
+    duration_s: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return sum(r.score for r in self.results)
+
+    @property
+    def max_score(self) -> float:
+        return sum(r.max_score for r in self.results)
+
+    def to_dict(self) -> dict:
+        return {
+            "submission": self.submission,
+            "score": self.score,
+            "max_score": self.max_score,
+            "official": self.official,
+            "seed": "derandomized" if self.seed is None else self.seed,
+            "exercises": [
+                {"id": key, "title": title,
+                 "score": sum(r.score for r in self.results if r.exercise == key),
+                 "max_score": sum(r.max_score for r in self.results if r.exercise == key)}
+                for key, title in self.exercises.items()
+                if any(r.exercise == key for r in self.results)
+            ],
+            "checks": [asdict(r) for r in self.results],
+            "environment": self.environment,
+            "duration_s": self.duration_s,
+        }
+
+
+def environment() -> dict[str, str]:
+    """Versions that decide which examples run and how they are scored."""
+    import hypothesis
+    import numpy
+
+    versions = {"pplab": __version__, "python": platform.python_version(),
+                "hypothesis": hypothesis.__version__, "numpy": numpy.__version__}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        versions["torch"] = torch.__version__
+    return versions
+
+
+def required_modules(rubric: Rubric) -> list[str]:
+    """Modules the rubric's checks call, in first-use order."""
+    modules: list[str] = []
+    for entry in rubric.checks:
+        for module in REGISTRY[entry.id].modules:
+            if module not in modules:
+                modules.append(module)
+    return modules
+
+
+def validate_submission(path: Path, rubric: Rubric) -> Path:
+    """Return the submission folder, or raise SubmissionError saying what is wrong."""
+    if not path.exists():
+        raise SubmissionError(f"submission folder {path} does not exist; pass a folder laid out like exercises/")
+    if not path.is_dir():
+        raise SubmissionError(f"submission {path} is not a folder; pass a folder laid out like exercises/")
+    missing = [m for m in required_modules(rubric) if not (path / f"{m}.py").is_file()]
+    if missing:
+        names = ", ".join(f"{m}.py" for m in missing)
+        raise SubmissionError(f"submission {path} is missing {names}; copy the stub from exercises/ "
+                              "and fill it in, or leave it unimplemented")
+    return path
+
+
+def run_check(entry, submission: Path, limits: Limits,
+              import_failures: dict[str, SubmissionAborted] | None = None) -> CheckResult:
+    """Run one check in a fresh worker and turn its outcome into a result."""
+    check = REGISTRY[entry.id]
+    started = time.monotonic()
+    result = CheckResult(entry.id, entry.exercise, entry.title, FAILED, 0.0, entry.points,
+                         entry.visibility)
+    worker = None
+    try:
+        worker = Worker(submission, limits, import_failures)
+        check.body(worker)
+        result.status, result.score = PASSED, entry.points
+    except CheckFailed as failure:
+        result.message = failure.message
+        result.misconception = failure.misconception
+    except SubmissionAborted as aborted:
+        result.status = NOT_IMPLEMENTED if aborted.kind == "not_implemented" else FAILED
+        result.message = aborted.message
+    except Exception as error:  # a bug in the grader itself, not the submission's fault
+        logger.exception("check %s crashed", entry.id)
+        result.status = ERROR
+        result.message = f"the grader failed while running this check: {type(error).__name__}: {error}"
+    finally:
+        if worker is not None:
+            if result.status != PASSED:
+                result.output = worker.output_tail()
+            worker.close()
+    result.duration_s = round(time.monotonic() - started, 3)
+    return result
+
+
+def grade(
+    submission: Path,
+    rubric: Rubric | None = None,
+    limits: Limits = Limits(),
+    mode: ExplorationMode = ExplorationMode(),
+    progress: Callable[[CheckResult, int, int], None] | None = None,
+) -> GradeReport:
+    """Grade ``submission`` against ``rubric`` and return the report.
+
+    Raises SubmissionError when the folder is missing or lacks a module.
+    """
+    from . import checks  # noqa: F401  (registers every check)
+
+    rubric = rubric or load_rubric()
+    unknown = [entry.id for entry in rubric.checks if entry.id not in REGISTRY]
+    if unknown:
+        raise SubmissionError(f"the rubric names checks that do not exist: {', '.join(unknown)}")
+    submission = validate_submission(Path(submission), rubric)
+
+    set_mode(mode)
+    started = time.monotonic()
+    results = []
+    import_failures: dict[str, SubmissionAborted] = {}
+    try:
+        for index, entry in enumerate(rubric.checks):
+            result = run_check(entry, submission, limits, import_failures)
+            results.append(result)
+            if progress is not None:
+                progress(result, index + 1, len(rubric.checks))
+    finally:
+        set_mode(ExplorationMode())
+    return GradeReport(
+        submission=str(submission),
+        results=results,
+        exercises=dict(rubric.exercises),
+        environment=environment(),
+        official=mode.seed is None and mode.example_scale == 1.0,
+        seed=mode.seed,
+        duration_s=round(time.monotonic() - started, 3),
+    )

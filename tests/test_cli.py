@@ -1,0 +1,103 @@
+"""The pplab command line, run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pplab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grader.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def without_timing(report: dict) -> dict:
+    report = dict(report, duration_s=None)
+    report["checks"] = [dict(c, duration_s=None) for c in report["checks"]]
+    return report
+
+
+def test_grade_json_is_deterministic():
+    runs = [pplab("grade", "datasets/submissions/correct_alt", "--format", "json") for _ in range(3)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    reports = [without_timing(json.loads(run.stdout)) for run in runs]
+    assert reports[0] == reports[1] == reports[2]
+    assert reports[0]["seed"] == "derandomized"
+    assert reports[0]["score"] == reports[0]["max_score"]
+
+
+def test_grade_buggy_json_messages_are_deterministic(sample_dirs):
+    folder = str(sample_dirs["warmup_p_minus_rank"])
+    first, second = (json.loads(pplab("grade", folder, "--format", "json").stdout) for _ in range(2))
+    assert without_timing(first) == without_timing(second)
+    failed = [c for c in first["checks"] if c["status"] != "passed"]
+    assert [c["id"] for c in failed] == ["schedules.one_f_one_b"]
+    assert "for P=" in failed[0]["message"]
+
+
+def test_grade_stubs_scores_zero_with_exit_zero():
+    run = pplab("grade", "exercises")
+    assert run.returncode == 0, run.stderr
+    assert "Total: 0/" in run.stdout
+    assert run.stdout.count("not implemented yet") == run.stdout.count("  TODO  ") >= 10
+
+
+def test_fail_under_sets_exit_status():
+    assert pplab("grade", "exercises", "--check", "exercise_1.gpipe", "--fail-under", "50").returncode == 1
+    assert pplab("grade", "reference", "--check", "exercise_1.gpipe", "--fail-under", "50").returncode == 0
+
+
+def test_output_file_holds_json(tmp_path):
+    out = tmp_path / "report.json"
+    run = pplab("grade", "reference", "--check", "exercise_1.gpipe", "--output", str(out))
+    assert run.returncode == 0
+    assert json.loads(out.read_text())["score"] == 2
+
+
+@pytest.mark.parametrize("args, text", [
+    (["grade", "/no/such/folder"], "does not exist"),
+    (["grade", "pyproject.toml"], "is not a folder"),
+    (["grade", "reference", "--check", "no.such"], "unknown check"),
+    (["grade", "reference", "--timeout", "0"], "--timeout"),
+    (["viz", "--stages", "0"], "stages"),
+    (["viz", "--impl", "/no/such/folder"], "--impl"),
+])
+def test_bad_input_gives_one_line_and_status_two(args, text):
+    run = pplab(*args)
+    assert run.returncode == 2, run.stdout + run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, run.stderr
+    assert text in lines[0]
+    assert "Traceback" not in run.stderr
+
+
+def test_submission_missing_module(tmp_path):
+    folder = tmp_path / "sub"
+    shutil.copytree(ROOT / "exercises", folder)
+    (folder / "simulator.py").unlink()
+    run = pplab("grade", str(folder))
+    assert run.returncode == 2
+    assert "missing simulator.py" in run.stderr
+
+
+def test_viz_on_reference_and_submission(tmp_path):
+    png = tmp_path / "chart.png"
+    run = pplab("viz", "--schedule", "1f1b", "--stages", "4", "--microbatches", "8", "--png", str(png))
+    assert run.returncode == 0, run.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "rank 0" in run.stdout.lower() or "r0" in run.stdout.lower()
+    stubs = pplab("viz", "--impl", "exercises", "--schedule", "1f1b")
+    assert "not implemented" in (stubs.stdout + stubs.stderr)
+
+
+def test_stubs_check_reports_up_to_date():
+    run = pplab("stubs", "--check")
+    assert run.returncode == 0, run.stdout

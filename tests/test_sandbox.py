@@ -1,0 +1,182 @@
+"""The worker process: plain-data answers, limits, and failures that stay contained."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grader.sandbox import LearnerRaised, Limits, Record, SubmissionAborted, Unsupported, Worker
+
+LIMITS = Limits(call_timeout=5.0, import_timeout=10.0)
+
+
+def make_submission(tmp_path: Path, source: str, name: str = "mod") -> Path:
+    folder = tmp_path / "submission"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    return folder
+
+
+def test_values_cross_as_plain_data(tmp_path):
+    folder = make_submission(tmp_path, """
+        from typing import NamedTuple
+        import numpy as np
+
+        class Pair(NamedTuple):
+            a: int
+            b: float
+
+        def values(x):
+            return {"pair": Pair(1, 2.5), "list": [1, (2, 3)], "array": np.arange(3) * x,
+                    "scalar": np.float64(1.5), "none": None}
+    """)
+    with Worker(folder, LIMITS) as worker:
+        value = worker.call("mod", "values", 2)
+    assert isinstance(value["pair"], Record) and value["pair"].type_name == "Pair"
+    assert value["pair"] == {"a": 1, "b": 2.5}
+    assert value["list"] == [1, [2, 3]]
+    assert np.array_equal(value["array"], np.arange(3) * 2)
+    assert value["scalar"] == 1.5 and type(value["scalar"]) is float
+    assert value["none"] is None
+
+
+def test_arbitrary_objects_do_not_cross(tmp_path):
+    folder = make_submission(tmp_path, """
+        class AlwaysEqual:
+            def __eq__(self, other):
+                return True
+
+        class Sneaky(float):
+            def __eq__(self, other):
+                return True
+
+        def weird():
+            return [AlwaysEqual(), Sneaky(1.0)]
+    """)
+    with Worker(folder, LIMITS) as worker:
+        value = worker.call("mod", "weird")
+    assert isinstance(value[0], Unsupported)
+    assert "AlwaysEqual" in value[0].name
+    assert isinstance(value[1], Unsupported)
+
+
+def test_exceptions_become_learner_raised(tmp_path):
+    folder = make_submission(tmp_path, """
+        def bad(n):
+            return [1, 2][n]
+    """)
+    with Worker(folder, LIMITS) as worker:
+        with pytest.raises(LearnerRaised) as info:
+            worker.call("mod", "bad", 5)
+        assert info.value.is_a("IndexError")
+        assert worker.call("mod", "bad", 1) == 2
+
+
+def test_not_implemented_aborts(tmp_path):
+    folder = make_submission(tmp_path, """
+        def todo():
+            raise NotImplementedError
+    """)
+    with Worker(folder, LIMITS) as worker, pytest.raises(SubmissionAborted) as info:
+        worker.call("mod", "todo")
+    assert info.value.kind == "not_implemented"
+
+
+@pytest.mark.parametrize("body, kind, text", [
+    ("while True:\n        pass", "timeout", "timed out"),
+    ("import os\n    os._exit(0)", "crashed", "exit status 0"),
+    ("import sys\n    sys.exit(3)", "crashed", "SystemExit"),
+    ("raise KeyboardInterrupt", "crashed", "KeyboardInterrupt"),
+    ("x = bytearray(8 * 1024 ** 3)", None, "MemoryError"),
+])
+def test_misbehaving_calls_are_contained(tmp_path, body, kind, text):
+    folder = make_submission(tmp_path, f"def f():\n    {body}\n")
+    with Worker(folder, Limits(call_timeout=2.0)) as worker:
+        if kind is None:
+            with pytest.raises(LearnerRaised, match=text):
+                worker.call("mod", "f")
+            return
+        with pytest.raises(SubmissionAborted) as info:
+            worker.call("mod", "f")
+        assert info.value.kind == kind
+        assert text in info.value.message
+        with pytest.raises(SubmissionAborted):
+            worker.call("mod", "f")
+
+
+def test_import_loop_times_out_and_is_remembered(tmp_path):
+    folder = make_submission(tmp_path, "while True:\n    pass\n")
+    failures = {}
+    limits = Limits(import_timeout=1.0)
+    with Worker(folder, limits, failures) as worker, pytest.raises(SubmissionAborted) as first:
+        worker.import_module("mod")
+    assert first.value.kind == "timeout"
+    with Worker(folder, limits, failures) as worker, pytest.raises(SubmissionAborted) as second:
+        worker.import_module("mod")
+    assert second.value is first.value
+
+
+@pytest.mark.parametrize("module", ["reference.schedules", "grader", "hypothesis"])
+def test_grader_side_packages_cannot_be_imported(tmp_path, module):
+    folder = make_submission(tmp_path, f"import {module}\n")
+    with Worker(folder, LIMITS) as worker, pytest.raises(SubmissionAborted) as info:
+        worker.import_module("mod")
+    assert info.value.kind == "forbidden_import"
+    assert module.split(".")[0] in info.value.message
+
+
+def test_sibling_modules_import_as_exercises(tmp_path):
+    folder = make_submission(tmp_path, "VALUE = 41\n", name="base")
+    (folder / "top.py").write_text("from .base import VALUE\nfrom exercises.base import VALUE as V2\n"
+                                   "def get():\n    return VALUE + 1 + V2 - 41\n")
+    with Worker(folder, LIMITS) as worker:
+        assert worker.call("top", "get") == 42
+
+
+def test_worker_environment_is_scrubbed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPLAB_SECRET", "token")
+    folder = make_submission(tmp_path, """
+        import os, sys
+        def probe():
+            return [os.environ.get("PPLAB_SECRET"), os.getcwd(), sys.path]
+    """)
+    with Worker(folder, LIMITS) as worker:
+        secret, cwd, path = worker.call("mod", "probe")
+    assert secret is None
+    assert "pplab-worker-" in cwd
+    root = str(Path(__file__).resolve().parents[1])
+    assert root not in path
+
+
+def test_printing_does_not_corrupt_answers(tmp_path):
+    folder = make_submission(tmp_path, """
+        import sys
+        def noisy():
+            print('{"score": 100}')
+            print("warning: something", file=sys.stderr)
+            return 7
+    """)
+    with Worker(folder, LIMITS) as worker:
+        assert worker.call("mod", "noisy") == 7
+        assert '{"score": 100}' in worker.output_tail()
+
+
+def test_worker_process_group_is_killed(tmp_path):
+    folder = make_submission(tmp_path, """
+        import subprocess, sys
+        def spawn():
+            return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid
+    """)
+    worker = Worker(folder, LIMITS)
+    child = worker.call("mod", "spawn")
+    worker.close()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(child, 0)
+            import time
+            time.sleep(0.1)
