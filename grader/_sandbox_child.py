@@ -26,9 +26,6 @@ BLOCKED_PACKAGES = ("reference", "grader", "pplab", "hypothesis", "_pytest", "py
 PACKAGE = "exercises"
 MAX_DEPTH = 64
 
-Action = namedtuple("Action", ["kind", "microbatch", "chunk"], defaults=[0])
-
-
 class SubmissionImportGuard(importlib.abc.MetaPathFinder):
     """Load ``exercises.*`` from the submission and reject grader-side packages."""
 
@@ -130,23 +127,33 @@ def encode(value, depth=0):
     return {"__type__": "unsupported", "name": f"{module}.{kind.__qualname__}"}
 
 
-def decode(value):
-    """Turn request arguments into Python values for the submission."""
+def decode(value, namespace):
+    """Turn request arguments into Python values for the submission.
+
+    A named tuple becomes the class of the same name in ``namespace`` (the
+    called module) when that class has the same fields, so submissions get
+    their own ``Action`` or ``ModelSpec``; otherwise a plain named tuple.
+    """
     if isinstance(value, list):
-        return [decode(item) for item in value]
+        return [decode(item, namespace) for item in value]
     if isinstance(value, dict):
         tag = value.get("__type__")
-        if tag == "action":
-            return Action(*value["value"])
+        if tag == "namedtuple":
+            fields = {name: decode(item, namespace) for name, item in value["fields"].items()}
+            cls = getattr(namespace, value["name"], None)
+            if not (isinstance(cls, type) and issubclass(cls, tuple)
+                    and tuple(getattr(cls, "_fields", ())) == tuple(fields)):
+                cls = namedtuple(value["name"], list(fields))
+            return cls(**fields)
         if tag == "tuple":
-            return tuple(decode(item) for item in value["items"])
+            return tuple(decode(item, namespace) for item in value["items"])
         if tag == "ndarray":
             import numpy
 
             raw = base64.b64decode(value["npy"])
             return numpy.load(io.BytesIO(raw), allow_pickle=False)
         if tag == "dict":
-            return {decode(k): decode(v) for k, v in value["items"]}
+            return {decode(k, namespace): decode(v, namespace) for k, v in value["items"]}
         raise ValueError(f"unknown argument tag {tag!r}")
     return value
 
@@ -197,8 +204,8 @@ def _handle(request, guard):
         return {"ok": False, "error": "MissingFunction", "mro": ["MissingFunction"],
                 "message": f"{request['module']}.py has no function {request['function']}()",
                 "traceback": ""}
-    args = decode(request.get("args", []))
-    kwargs = decode(request.get("kwargs", {"__type__": "dict", "items": []}))
+    args = decode(request.get("args", []), module)
+    kwargs = decode(request.get("kwargs", {"__type__": "dict", "items": []}), module)
     result = function(*args, **kwargs)
     return {"ok": True, "value": encode(result)}
 

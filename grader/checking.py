@@ -24,12 +24,17 @@ from .sandbox import Worker
 
 
 class CheckFailed(AssertionError):
-    """The submission gave a wrong answer; the message says which and where."""
+    """The submission gave a wrong answer; the message says which and where.
 
-    def __init__(self, message: str, misconception: str | None = None):
+    ``credit`` is the share of the check's points still earned (0 to 1), for
+    checks that give partial credit.
+    """
+
+    def __init__(self, message: str, misconception: str | None = None, credit: float = 0.0):
         super().__init__(message)
         self.message = message
         self.misconception = misconception
+        self.credit = min(1.0, max(0.0, credit))
 
 
 @dataclass(frozen=True)

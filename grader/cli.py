@@ -1,4 +1,4 @@
-"""The ``pplab`` command line: grade, viz, stubs."""
+"""The ``pplab`` command line: grade, viz, plan, stubs."""
 
 from __future__ import annotations
 
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_grade(subparsers)
     _add_script(subparsers, "viz", "pipeline_schedule_viz", "draw pipeline schedules as ASCII or PNG charts")
+    _add_script(subparsers, "plan", "parallel_strategy_calculator",
+                "memory, communication and the best parallel configurations for a model on a cluster")
     _add_stubs(subparsers)
     return parser
 
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command not in ("viz",) and rest:
+    if args.command not in ("viz", "plan") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -134,6 +134,7 @@ def run_check(entry, submission: Path, limits: Limits,
     except CheckFailed as failure:
         result.message = failure.message
         result.misconception = failure.misconception
+        result.score = round(entry.points * failure.credit, 3)
     except SubmissionAborted as aborted:
         result.status = NOT_IMPLEMENTED if aborted.kind == "not_implemented" else FAILED
         result.message = aborted.message

@@ -111,9 +111,15 @@ class Unsupported:
 
 
 def encode_argument(value: Any) -> Any:
-    """Encode an argument for the worker; tuples with a ``kind`` field become actions."""
-    if isinstance(value, tuple) and hasattr(value, "_fields") and value._fields[:2] == ("kind", "microbatch"):
-        return {"__type__": "action", "value": list(value)}
+    """Encode an argument for the worker as tagged JSON.
+
+    A named tuple keeps its type name and fields; the worker rebuilds it as
+    the submission's own class of that name when the called module has one
+    with the same fields (``Action``, ``ModelSpec``), else as a plain named tuple.
+    """
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        fields = {name: encode_argument(getattr(value, name)) for name in value._fields}
+        return {"__type__": "namedtuple", "name": type(value).__name__, "fields": fields}
     if isinstance(value, np.ndarray):
         buffer = io.BytesIO()
         np.save(buffer, value, allow_pickle=False)

@@ -47,3 +47,42 @@ def exercise_1() -> Exercise1Answer:
         / (num_chunks * num_microbatches + num_stages - 1),
     )
     ### END SOLUTION
+
+
+class Exercise3Answer(NamedTuple):
+    """Exercise 3: a parallel configuration for training a 70B dense model.
+
+    The model is Llama-2-70B's shape (80 layers, hidden size 8192, 64
+    attention heads with 8 key/value heads, MLP width 28672, vocabulary
+    32000). The cluster is 64 H100 80 GB GPUs, 8 per node, NVLink inside a
+    node. Each training step takes 1024 sequences of 4096 tokens in
+    microbatches of 1 sequence, in bf16 mixed precision with Adam, ZeRO
+    stage 1, sequence parallelism and selective recomputation.
+
+    - ``tp``, ``pp``, ``dp``: tensor-, pipeline- and data-parallel degrees,
+      with ``tp * pp * dp == 64``.
+    - ``ep``: expert-parallel degree (1: the model has no experts).
+    - ``num_chunks``: model chunks per pipeline rank (1 for plain 1F1B,
+      more for interleaved 1F1B).
+
+    The grader checks every rule of ``strategy.validate_config`` (the
+    configuration must fit in 80 GB under pplab's memory model) and compares
+    the estimated step time of ``strategy.estimate_step_time`` with the best
+    configuration pplab's search finds.
+    """
+
+    tp: int
+    pp: int
+    dp: int
+    ep: int = 1
+    num_chunks: int = 1
+
+
+def exercise_3() -> Exercise3Answer:
+    """Return your parallel configuration for Exercise 3."""
+    # Hint: run `pplab plan --model llama-2-70b --gpu h100-80gb --gpus 64
+    # --gpus-per-node 8` only after reasoning it through: TP within a node,
+    # PP across nodes, DP for the rest, and memory under 80 GB.
+    ### BEGIN SOLUTION
+    return Exercise3Answer(tp=2, pp=8, dp=4)
+    ### END SOLUTION

@@ -69,6 +69,8 @@ def test_output_file_holds_json(tmp_path):
     (["grade", "reference", "--timeout", "0"], "--timeout"),
     (["viz", "--stages", "0"], "stages"),
     (["viz", "--impl", "/no/such/folder"], "--impl"),
+    (["plan", "--model", "llama-2-70b", "--gpu", "h100-80gb", "--gpus", "6", "--gpus-per-node", "8"], "6"),
+    (["plan", "--model", "no-such-model", "--gpu", "h100-80gb", "--gpus", "8", "--gpus-per-node", "8"], "no-such-model"),
 ])
 def test_bad_input_gives_one_line_and_status_two(args, text):
     run = pplab(*args)
@@ -101,3 +103,17 @@ def test_viz_on_reference_and_submission(tmp_path):
 def test_stubs_check_reports_up_to_date():
     run = pplab("stubs", "--check")
     assert run.returncode == 0, run.stdout
+
+
+def test_plan_recommends_for_exercise_3():
+    run = pplab("plan", "--model", "llama-2-70b", "--gpu", "h100-80gb", "--gpus", "64", "--gpus-per-node", "8")
+    assert run.returncode == 0, run.stderr
+    assert "Recommended:" in run.stdout
+    assert "optimizer states" in run.stdout
+
+
+def test_plan_json_is_machine_readable():
+    run = pplab("plan", "--model", "mixtral-8x7b", "--gpu", "h100-80gb", "--gpus", "16",
+                "--gpus-per-node", "8", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)

@@ -31,7 +31,6 @@ from reference.strategy import (
     memory_per_gpu,
     model_state_bytes,
     recommend,
-    score_exercise_3,
     stage_memory,
     validate_config,
 )
@@ -660,30 +659,3 @@ def test_exercise_3_settings():
     assert (cluster.num_gpus, cluster.gpus_per_node, cluster.gpu.memory_bytes) == (64, 8, 80e9)
 
 
-def test_exercise_3_best_scores_full():
-    model, cluster, settings = exercise_3_problem()
-    best = recommend(model, cluster, settings, top=1)[0].config
-    validity, quality, reasons = score_exercise_3(best)
-    assert (validity, quality) == (1.0, 1.0)
-    assert reasons
-
-
-def test_exercise_3_invalid_scores_no_quality():
-    validity, quality, reasons = score_exercise_3(ParallelConfig(1, 8, 8))
-    assert quality == 0.0
-    assert validity == pytest.approx(1 - 1 / len(RULES))
-    assert any("memory" in reason for reason in reasons)
-    validity, quality, _ = score_exercise_3(ParallelConfig(8, 4, 1))
-    assert quality == 0.0
-    assert validity == pytest.approx(1 - 2 / len(RULES))  # world_size failed, memory unchecked
-
-
-def test_exercise_3_quality_curve():
-    model, cluster, settings = exercise_3_problem()
-    ranked = recommend(model, cluster, settings)
-    best = ranked[0].step_time.total
-    for entry in ranked:
-        ratio = entry.step_time.total / best
-        expected = 1.0 if ratio <= 1.1 else max(0.0, (2.0 - ratio) / 0.9)
-        _, quality, _ = score_exercise_3(entry.config)
-        assert quality == pytest.approx(expected)

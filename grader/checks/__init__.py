@@ -1,3 +1,3 @@
 """All checks; importing this package registers them in :data:`grader.checking.REGISTRY`."""
 
-from . import bubbles, exercise_1, schedules, simulator  # noqa: F401
+from . import bubbles, exercise_1, exercise_3, schedules, simulator, strategy  # noqa: F401

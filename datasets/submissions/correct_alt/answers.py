@@ -15,3 +15,16 @@ class Exercise1Answer(NamedTuple):
 def exercise_1():
     naive = Fraction(3, 19)  # (4 - 1) / (16 + 4 - 1)
     return Exercise1Answer(float(naive), float(naive), 16, 4, float(Fraction(3, 35)))
+
+
+class Exercise3Answer(NamedTuple):
+    tp: int
+    pp: int
+    dp: int
+    ep: int = 1
+    num_chunks: int = 1
+
+
+def exercise_3():
+    # TP 4 inside a node, 4 pipeline stages of 20 layers, 4 data-parallel replicas.
+    return Exercise3Answer(tp=4, pp=4, dp=4)
