@@ -39,6 +39,42 @@ def exercise_1() -> Exercise1Answer:
     raise NotImplementedError("replace this line with your implementation")
 
 
+class Exercise2Answer(NamedTuple):
+    """Exercise 2: bytes each GPU sends in one MoE layer's forward pass.
+
+    The layer has 64 experts with top-2 routing (k = 2), hidden size 4096,
+    and a batch of 4 x 1024 = 4096 tokens in bf16 (2 bytes per element), on
+    8 GPUs. Count only what a GPU sends during the forward pass (no backward
+    pass), in bytes, and leave out data a GPU keeps for itself.
+
+    - TP-8 (each expert's weights split over the 8 GPUs): every GPU holds
+      all T tokens and the layer output, ``S = T x hidden x 2`` bytes, is
+      summed with one all-reduce.
+      ``tp_chapter_bytes``: the chapter's 2S.
+      ``tp_ring_bytes``: a ring all-reduce over 8 GPUs, 2 (8 - 1) / 8 x S.
+    - EP-8 (8 whole experts per GPU): outside the experts the GPUs act as
+      data-parallel ranks, so each holds T / 8 tokens. Each token goes to k
+      experts in the dispatch all-to-all and comes back in the combine
+      all-to-all.
+      ``ep_chapter_bytes``: the chapter's 2kS/N, where N is the number of
+      GPUs in the expert-parallel group.
+      ``ep_exact_bytes``: the same traffic under uniform routing without the
+      1/N of copies that stay on their own GPU.
+    """
+
+    tp_chapter_bytes: float
+    tp_ring_bytes: float
+    ep_chapter_bytes: float
+    ep_exact_bytes: float
+
+
+def exercise_2() -> Exercise2Answer:
+    """Return the answers to Exercise 2 (bytes per GPU per MoE layer forward pass)."""
+    # Hint: start from S = 4 * 1024 * 4096 * 2 bytes.
+    # YOUR CODE HERE
+    raise NotImplementedError("replace this line with your implementation")
+
+
 class Exercise3Answer(NamedTuple):
     """Exercise 3: a parallel configuration for training a 70B dense model.
 
@@ -70,8 +106,7 @@ class Exercise3Answer(NamedTuple):
 
 def exercise_3() -> Exercise3Answer:
     """Return your parallel configuration for Exercise 3."""
-    # Hint: run `pplab plan --model llama-2-70b --gpu h100-80gb --gpus 64
-    # --gpus-per-node 8` only after reasoning it through: TP within a node,
-    # PP across nodes, DP for the rest, and memory under 80 GB.
+    # Hint: TP within a node, PP across nodes, DP for the rest; then check the
+    # memory per GPU with your own strategy.stage_memory.
     # YOUR CODE HERE
     raise NotImplementedError("replace this line with your implementation")

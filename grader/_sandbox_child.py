@@ -22,7 +22,7 @@ import sys
 import traceback
 from collections import namedtuple
 
-BLOCKED_PACKAGES = ("reference", "grader", "pplab", "hypothesis", "_pytest", "pytest")
+BLOCKED_PACKAGES = ("reference", "grader", "pplab")
 PACKAGE = "exercises"
 MAX_DEPTH = 64
 
@@ -39,7 +39,7 @@ class SubmissionImportGuard(importlib.abc.MetaPathFinder):
             self.blocked_attempts.append(fullname)
             raise ImportError(
                 f"submissions may not import {fullname!r}: the grader runs your "
-                "code without the reference solutions, the grader or its test tools"
+                "code without the reference solutions and without the grader"
             )
         if top != PACKAGE:
             return None
@@ -183,12 +183,18 @@ def _send(fd, message):
 def _describe_exception(error):
     frames = traceback.extract_tb(error.__traceback__)
     # Keep the frames from the submission, the ones a learner can act on.
-    mine = [f for f in frames if os.path.abspath(f.filename) != os.path.abspath(__file__)]
+    mine = [f for f in frames if os.path.abspath(f.filename) != os.path.abspath(__file__)
+            and not f.filename.startswith("<frozen")]
+    message = str(error)[:4000]
+    if isinstance(error, SyntaxError) and error.filename:
+        pointer = " " * max(0, (error.offset or 1) - 1) + "^"
+        message = (f"{os.path.basename(error.filename)}, line {error.lineno}: {error.msg}\n"
+                   f"    {(error.text or '').rstrip()}\n    {pointer}")
     return {
         "ok": False,
         "error": type(error).__name__,
         "mro": [cls.__name__ for cls in type(error).__mro__],
-        "message": str(error)[:4000],
+        "message": message,
         "traceback": "".join(traceback.format_list(mine[-6:]))[-4000:],
     }
 
@@ -210,8 +216,14 @@ def _handle(request, guard):
     return {"ok": True, "value": encode(result)}
 
 
+SUBMISSION_ENV = "PPLAB_SUBMISSION_DIR"
+
+
 def main():
     submission_dir, fd_in, fd_out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # Processes the submission spawns (multiprocessing's "spawn" re-imports
+    # this file as __mp_main__) install the same guard from this variable.
+    os.environ[SUBMISSION_ENV] = submission_dir
     guard = SubmissionImportGuard(submission_dir)
     _scrub_import_path(guard)
     sys.argv[:] = ["submission"]
@@ -240,3 +252,5 @@ def main():
 
 if __name__ == "__main__":
     main()
+elif __name__ == "__mp_main__" and os.environ.get(SUBMISSION_ENV):
+    _scrub_import_path(SubmissionImportGuard(os.environ[SUBMISSION_ENV]))

@@ -64,10 +64,11 @@ def check(check_id: str, modules: tuple[str, ...]) -> Callable[[Callable[[Worker
 
 @dataclass(frozen=True)
 class ExplorationMode:
-    """How properties draw examples: official (derandomised) or exploratory."""
+    """Example-drawing mode of the properties: official (derandomised) or exploratory."""
 
     seed: int | None = None
     example_scale: float = 1.0
+    subset: bool = False
 
 
 _MODE = ExplorationMode()

@@ -1,4 +1,4 @@
-"""The ``pplab`` command line: grade, viz, plan, stubs."""
+"""The ``pplab`` command line: grade, viz, plan, run, stubs."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def _add_grade(subparsers) -> None:
     parser.add_argument("--fail-under", type=float, metavar="PCT",
                         help="exit with status 1 when the score is below PCT percent")
     parser.add_argument("--rubric", metavar="FILE", help="rubric TOML file (default: the packaged one)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log debug messages to stderr")
     parser.set_defaults(handler=_grade)
 
 
@@ -73,9 +75,19 @@ def _grade(args: argparse.Namespace) -> int:
     unknown = [c for c in args.checks or [] if c not in known]
     if unknown:
         return _fail(f"unknown check {unknown[0]!r}; known checks: {', '.join(sorted(known))}")
+    subset = bool(args.checks or args.visible_only)
     rubric = rubric.select("visible" if args.visible_only else None, args.checks)
+    if not rubric.checks:
+        return _fail("the selected checks are all hidden; drop --visible-only or pick visible checks")
+    if args.output:
+        problem = _output_problem(Path(args.output), Path(args.path))
+        if problem:
+            return _fail(problem)
 
     mode = ExplorationMode() if args.seed is None else ExplorationMode(seed=args.seed, example_scale=4.0)
+    if subset:
+        # A subset is never an official grade, whatever the seed.
+        mode = ExplorationMode(seed=mode.seed, example_scale=mode.example_scale, subset=True)
     show_progress = args.format == "text" and sys.stderr.isatty()
 
     def progress(result, done, total):
@@ -98,10 +110,25 @@ def _grade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _output_problem(output: Path, submission: Path) -> str | None:
+    """Say why the report cannot go to ``output``, or return None."""
+    if not output.parent.is_dir():
+        return f"--output {output}: folder {output.parent} does not exist"
+    if output.suffix == ".py":
+        return f"--output {output}: refusing to overwrite a Python file; name the report *.json"
+    try:
+        output.resolve().relative_to(submission.resolve())
+    except ValueError:
+        return None
+    return f"--output {output} is inside the submission folder {submission}; write the report elsewhere"
+
+
 # --- viz ----------------------------------------------------------------------
 
 def load_implementation(impl: str, module: str):
     """Import ``module`` from ``reference``, ``exercises`` or a submission folder path."""
+    if impl == "exercises" and Path("exercises", f"{module}.py").is_file():
+        impl = "exercises/"  # the learner's folder here, like `pplab grade`'s default
     if impl in ("reference", "exercises"):
         return importlib.import_module(f"{impl}.{module}")
     folder = Path(impl)
@@ -141,9 +168,34 @@ def _run_script(module: str, args: argparse.Namespace) -> int:
         script = load_implementation(args.impl, module)
     except UsageError as error:
         return _fail(str(error))
-    if "prog" in inspect.signature(script.main).parameters:
-        return int(script.main(args.rest, prog=f"pplab {args.command}") or 0)
-    return int(script.main(args.rest) or 0)
+    except SyntaxError as error:
+        return _fail(f"{error.filename}, line {error.lineno}: {error.msg}")
+    except ImportError as error:
+        return _fail(f"cannot import {module}.py from {args.impl}: {error}")
+    try:
+        if "prog" in inspect.signature(script.main).parameters:
+            return int(script.main(args.rest, prog=f"pplab {args.command}") or 0)
+        return int(script.main(args.rest) or 0)
+    except NotImplementedError:
+        return _fail(f"{module}.py from {args.impl} calls a function that is not implemented yet; "
+                     "finish it, or run with --impl reference")
+
+
+def _add_run(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", add_help=False, help="run a pipeline schedule on several processes (pplab run --help)",
+        description="Options go to pipeline_launch.py; --impl reference|PATH picks whose per-rank loop runs.")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    # The launcher is given code, identical in reference/ and exercises/;
+    # a student release has only the latter.
+    try:
+        launcher = importlib.import_module("reference.pipeline_launch")
+    except ImportError:
+        launcher = importlib.import_module("exercises.pipeline_launch")
+    return int(launcher.main(args.rest) or 0)
 
 
 # --- stubs --------------------------------------------------------------------
@@ -156,6 +208,10 @@ def _add_stubs(subparsers) -> None:
 
 
 def _stubs(args: argparse.Namespace) -> int:
+    try:
+        import nbgrader  # noqa: F401
+    except ImportError:
+        return _fail("pplab stubs needs nbgrader: pip install -e '.[test]'")
     from .stubs import generate_stubs, stale_files
 
     reference, exercises = REPO_ROOT / "reference", REPO_ROOT / "exercises"
@@ -182,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_script(subparsers, "viz", "pipeline_schedule_viz", "draw pipeline schedules as ASCII or PNG charts")
     _add_script(subparsers, "plan", "parallel_strategy_calculator",
                 "memory, communication and the best parallel configurations for a model on a cluster")
+    _add_run(subparsers)
     _add_stubs(subparsers)
     return parser
 
@@ -189,12 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command not in ("viz", "plan") and rest:
+    if args.command not in ("viz", "plan", "run") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("pplab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`pplab ... | head`); nothing more to say.
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

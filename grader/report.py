@@ -25,7 +25,10 @@ def render_text(report: GradeReport) -> str:
     """Return the terminal report: per exercise and per check, points and first counterexample."""
     lines = [f"pplab grade {report.submission}"]
     if not report.official:
-        lines.append(f"  exploration run (seed {report.seed}); official grading is derandomised")
+        if report.seed is not None:
+            lines.append(f"  exploration run (seed {report.seed}); only the default run is an official grade")
+        else:
+            lines.append("  a selection of checks; only a run of every check is an official grade")
     width = max((len(r.id) for r in report.results), default=10)
 
     for key, title in report.exercises.items():

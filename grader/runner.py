@@ -187,7 +187,7 @@ def grade(
         results=results,
         exercises=dict(rubric.exercises),
         environment=environment(),
-        official=mode.seed is None and mode.example_scale == 1.0,
+        official=mode.seed is None and mode.example_scale == 1.0 and not mode.subset,
         seed=mode.seed,
         duration_s=round(time.monotonic() - started, 3),
     )

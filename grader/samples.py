@@ -1,6 +1,7 @@
 """Sample submissions described in ``datasets/submissions/samples.toml``.
 
-A sample is built from a base folder, optional modules from an overlay
+A sample is built from a base folder (``exercises`` means stubs freshly
+generated from ``reference/``), optional modules from an overlay
 folder, and text edits, so that a buggy sample stays one small, readable
 change to the reference even when the reference evolves. An edit whose
 ``old`` text is not found exactly once is an error, not a silently clean
@@ -68,8 +69,14 @@ def load_samples(manifest: Path = MANIFEST) -> dict[str, Sample]:
 def materialize(sample: Sample, target: Path, root: Path = REPO_ROOT) -> Path:
     """Write ``sample`` as a submission folder at ``target`` and return it."""
     target.mkdir(parents=True, exist_ok=False)
-    for path in sorted((root / sample.base).glob("*.py")):
-        shutil.copyfile(path, target / path.name)
+    if sample.base == "exercises":
+        # Fresh stubs, not the working copy a learner may have edited.
+        from .stubs import generate_stubs
+
+        generate_stubs(root / "reference", target)
+    else:
+        for path in sorted((root / sample.base).glob("*.py")):
+            shutil.copyfile(path, target / path.name)
     for module in sample.overlay_modules:
         shutil.copyfile(root / sample.overlay / f"{module}.py", target / f"{module}.py")
 

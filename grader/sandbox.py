@@ -49,10 +49,10 @@ GiB = 1024**3
 class Limits:
     """Resource limits for one worker process.
 
-    ``call_timeout`` and ``import_timeout`` are wall-clock seconds;
-    ``cpu_seconds`` is the RLIMIT_CPU of the whole worker; ``address_space``
-    is RLIMIT_AS in bytes (``None`` leaves it unlimited, which CUDA needs);
-    ``file_size`` is RLIMIT_FSIZE in bytes and also caps captured output;
+    ``call_timeout`` and ``import_timeout`` are wall-clock seconds.
+    ``cpu_seconds`` is the RLIMIT_CPU of the whole worker. ``address_space``
+    is RLIMIT_AS in bytes (``None`` leaves it unlimited, which CUDA needs).
+    ``file_size`` is RLIMIT_FSIZE in bytes, which also caps captured output.
     ``processes`` is RLIMIT_NPROC, which the kernel ignores for root.
     """
 
@@ -156,6 +156,14 @@ def decode_value(value: Any) -> Any:
     return value
 
 
+def _short_repr(value: Any) -> str:
+    """Show an argument in a message: a spec by its type and name, anything long cut short."""
+    if isinstance(value, tuple) and hasattr(value, "_fields") and "name" in value._fields:
+        return f"{type(value).__name__}({getattr(value, 'name')!r})"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
@@ -201,6 +209,7 @@ class Worker:
     def __init__(self, submission: Path, limits: Limits = Limits(),
                  import_failures: dict[str, SubmissionAborted] | None = None):
         self.limits = limits
+        self.call_timeout = limits.call_timeout
         # Shared by the workers of one grading run: a module that failed to
         # import fails at once in later checks instead of timing out again.
         self.import_failures = {} if import_failures is None else import_failures
@@ -293,13 +302,13 @@ class Worker:
 
     def call(self, module: str, function: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``exercises.<module>.<function>(*args, **kwargs)`` and return its decoded value."""
-        shown = ", ".join([repr(a) for a in args if not isinstance(a, (list, np.ndarray))]
-                          + [f"{k}={v!r}" for k, v in kwargs.items()
+        shown = ", ".join([_short_repr(a) for a in args if not isinstance(a, (list, np.ndarray))]
+                          + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()
                              if not isinstance(v, (list, np.ndarray))])
         label = f"{function}({shown})"
         request = {"op": "call", "module": module, "function": function,
                    "args": encode_argument(list(args)), "kwargs": encode_argument(dict(kwargs))}
-        return self._request(request, self.limits.call_timeout, label)
+        return self._request(request, self.call_timeout, label)
 
     def _request(self, request: dict, timeout: float, label: str) -> Any:
         if self.dead_reason is not None:
@@ -330,6 +339,9 @@ class Worker:
                             f"{label} failed: the submission imports {', '.join(sorted(self.blocked_imports))}, "
                             "which submissions may not use")
             self._abort("import_error", f"{label} failed with {error}: {message}\n{trace}".rstrip())
+        if error == "OSError" and "File too large" in message:
+            self._abort("bad_output", f"{label} wrote more than {self.limits.file_size // 2**20} MiB "
+                                      "(printed output counts); remove debug prints")
         if error in ("SystemExit", "KeyboardInterrupt"):
             self._abort("crashed", f"{label} raised {error} ({message or 'no message'}); "
                                    "submissions must return values, not exit")
@@ -346,9 +358,9 @@ class Worker:
         try:
             response = json.loads(body)
         except ValueError:
-            self._abort("bad_output", f"{label} sent a malformed answer")
+            self._abort("bad_output", f"{label} sent a malformed response")
         if not isinstance(response, dict):
-            self._abort("bad_output", f"{label} sent a malformed answer")
+            self._abort("bad_output", f"{label} sent a malformed response")
         return response
 
     def _read_exact(self, size: int, deadline: float, label: str) -> bytes:
@@ -369,7 +381,7 @@ class Worker:
         return b"".join(chunks)
 
     def _timeout_for(self, label: str) -> float:
-        return self.limits.import_timeout if label.startswith("importing") else self.limits.call_timeout
+        return self.limits.import_timeout if label.startswith("importing") else self.call_timeout
 
     def _exit_detail(self) -> str:
         try:

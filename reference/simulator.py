@@ -68,8 +68,9 @@ def validate_schedule(schedule: Schedule) -> tuple[int, int, int]:
     """Check that ``schedule`` is well formed and return ``(P, M, v)``.
 
     Every rank must run ``F`` and ``B`` exactly once for each microbatch and
-    each of its chunks, and at most one ``W`` per (microbatch, chunk), after
-    nothing else is assumed about order. Raises InvalidScheduleError otherwise.
+    each of its chunks, and may run at most one ``W`` per (microbatch, chunk).
+    The order is not checked here: a bad order shows up as a deadlock in
+    :func:`simulate`. Raises InvalidScheduleError otherwise.
     """
     num_stages = len(schedule)
     if num_stages == 0:

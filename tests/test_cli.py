@@ -117,3 +117,18 @@ def test_plan_json_is_machine_readable():
                 "--gpus-per-node", "8", "--json")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)
+
+
+def test_run_reports_loss_and_bubbles():
+    run = pplab("run", "--schedule", "1f1b", "--stages", "2", "--microbatches", "4", "--layers", "2",
+                "--d-model", "16", "--seq-len", "8")
+    assert run.returncode == 0, run.stderr
+    assert "loss" in run.stdout.lower()
+    assert "bubble" in run.stdout.lower()
+
+
+def test_run_bad_input_is_one_line():
+    run = pplab("run", "--stages", "0")
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in run.stderr

@@ -14,12 +14,13 @@ def test_best_configuration_scores_full():
     validity, quality, reasons = score_exercise_3(best)
     assert (validity, quality) == (1.0, 1.0)
     assert "1.000x the best" in reasons[-1]
+    assert "tp=" not in reasons[-1], "the message must not give the best configuration away"
 
 
-def test_memory_failure_names_the_excess():
+def test_memory_failure_scores_nothing_and_names_the_excess():
     validity, quality, reasons = score_exercise_3(ParallelConfig(1, 8, 8))
     assert quality == 0.0
-    assert validity == pytest.approx(1 - 1 / len(RULES))
+    assert validity == 0.0
     assert any(reason.startswith("memory:") and "GB more than" in reason for reason in reasons)
 
 

@@ -2,9 +2,11 @@
 
 Validity earns the share of the rules in ``strategy.RULES`` the
 configuration passes (memory counts as failed when another rule failed
-first, since it is not checked then). Quality compares the configuration's
-estimated step time with the best the reference search finds: full credit
-up to 5% slower than the best, falling linearly to none at 25% slower.
+first, since it is not checked then), except that a configuration that does
+not fit in memory earns nothing: it cannot run at all. Quality compares the
+configuration's estimated step time with the best the reference search
+finds: full credit up to 5% slower than the best, falling linearly to none
+at 25% slower.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def score_exercise_3(config: ref.ParallelConfig) -> tuple[float, float, list[str
         failed.add("memory")
         reasons.append("memory: not checked because other rules failed")
     validity = 1 - len(failed) / len(ref.RULES)
+    if any(failure.rule == "memory" for failure in failures):
+        validity = 0.0
     if failures:
         return validity, 0.0, reasons
 
@@ -44,8 +48,7 @@ def score_exercise_3(config: ref.ParallelConfig) -> tuple[float, float, list[str
     ratio = mine / best.step_time.total
     memory = ref.memory_per_gpu(model, config, settings)
     reasons.append(
-        f"estimated step {mine:.2f} s, {ratio:.3f}x the best found ({best.step_time.total:.2f} s with "
-        f"tp={best.config.tp} pp={best.config.pp} dp={best.config.dp} v={best.config.num_chunks}); "
+        f"estimated step {mine:.2f} s, {ratio:.3f}x the best configuration's {best.step_time.total:.2f} s; "
         f"peak memory {memory.total / ref.GB:.1f} GB on pipeline rank {memory.pp_rank}"
     )
     return validity, quality_credit(ratio), reasons
@@ -70,7 +73,7 @@ def _config(worker: Worker) -> ref.ParallelConfig:
 
 @check("exercise_3.valid", modules=("answers",))
 def valid_configuration_check(worker: Worker) -> None:
-    """The configuration obeys every rule and fits in 80 GB."""
+    """Check that the configuration obeys every rule and fits in 80 GB."""
     config = _config(worker)
     validity, _, reasons = score_exercise_3(config)
     if validity < 1.0:

@@ -13,7 +13,7 @@ from reference.schedules import BACKWARD, FORWARD, KINDS, WEIGHT, Action, Schedu
 from reference.simulator import DeadlockError, Timeline, simulate
 
 from ..checking import CheckFailed
-from ..sandbox import Record
+from ..sandbox import Record, Unsupported
 
 # (forward_time, backward_time, weight_time) triples every schedule is timed with.
 TIME_CASES = ((1.0, 2.0, 0.0), (1.0, 1.0, 0.0), (2.0, 1.0, 0.0))
@@ -28,15 +28,14 @@ def describe_inputs(**inputs: Any) -> str:
 
 def as_action(value: Any, where: str) -> Action:
     """Convert one returned action (named tuple or plain tuple) to a reference Action."""
-    if isinstance(value, Record):
-        fields = dict(value)
-        if not {"kind", "microbatch"} <= set(fields):
-            raise CheckFailed(f"{where} is a {value.type_name} without kind and microbatch fields")
-        parts = [fields["kind"], fields["microbatch"], fields.get("chunk", 0)]
-    elif isinstance(value, list) and len(value) in (2, 3):
-        parts = list(value) + [0] * (3 - len(value))
-    else:
-        raise CheckFailed(f"{where} is {value!r}, not an Action(kind, microbatch, chunk)")
+    if not isinstance(value, Record):
+        shown = tuple(value) if isinstance(value, list) else value
+        raise CheckFailed(f"{where} is {shown!r}, not an Action; return Action(kind, microbatch, chunk) "
+                          "from schedules.py")
+    fields = dict(value)
+    if not {"kind", "microbatch", "chunk"} <= set(fields):
+        raise CheckFailed(f"{where} is a {value.type_name} without the fields kind, microbatch and chunk")
+    parts = [fields["kind"], fields["microbatch"], fields["chunk"]]
     kind, microbatch, chunk = parts
     if kind not in KINDS:
         raise CheckFailed(f"{where} has kind {kind!r}; expected one of 'F', 'B', 'W'")
@@ -100,7 +99,7 @@ def simulate_or_fail(schedule: Schedule, times: tuple[float, float, float], cont
     try:
         return simulate(schedule, forward_time, backward_time, weight_time)
     except DeadlockError as error:
-        raise CheckFailed(f"for {context}: the schedule deadlocks ({error})") from None
+        raise CheckFailed(f"for {context}: {error}") from None
 
 
 def close(a: float, b: float, rel: float = 1e-9, abs_tol: float = 1e-12) -> bool:
@@ -110,6 +109,9 @@ def close(a: float, b: float, rel: float = 1e-9, abs_tol: float = 1e-12) -> bool
 
 def as_number(value: Any, what: str) -> float:
     """Accept an int or a finite float (never a bool); raise CheckFailed otherwise."""
+    if isinstance(value, Unsupported):
+        raise CheckFailed(f"{what} is an instance of {value.name.rsplit('.', 1)[-1]}; return a plain "
+                          "int or float (subclasses and custom objects are not accepted)")
     if type(value) not in (int, float):
         raise CheckFailed(f"{what} is {value!r} of type {type(value).__name__}; expected a number")
     if not math.isfinite(value):

@@ -30,7 +30,7 @@ def published_model(name: str) -> ref.ModelSpec:
 
 @st.composite
 def random_models(draw) -> ref.ModelSpec:
-    """A small random transformer shape: dense or MoE, any head grouping."""
+    """Draw a small random transformer shape: dense or MoE, any head grouping."""
     heads = draw(st.sampled_from([1, 2, 4, 8, 12, 16]))
     kv_heads = draw(st.sampled_from([k for k in (1, 2, 4, 8, 16) if heads % k == 0]))
     head_dim = draw(st.sampled_from([8, 16, 64]))
@@ -258,7 +258,7 @@ def _memory_misconception(got, expected, model, config, settings, rank) -> str |
 
 @check("strategy.validate_config", modules=("strategy",))
 def validate_config_check(worker: Worker) -> None:
-    """The rules a configuration breaks, by name, for valid and invalid configurations."""
+    """Check the rules a configuration breaks, by name, for valid and invalid configurations."""
     worker.import_module("strategy")
 
     @given(MODELS, settings_strategy(), st.data())

@@ -28,3 +28,17 @@ class Exercise3Answer(NamedTuple):
 def exercise_3():
     # TP 4 inside a node, 4 pipeline stages of 20 layers, 4 data-parallel replicas.
     return Exercise3Answer(tp=4, pp=4, dp=4)
+
+
+class Exercise2Answer(NamedTuple):
+    tp_chapter_bytes: float
+    tp_ring_bytes: float
+    ep_chapter_bytes: float
+    ep_exact_bytes: float
+
+
+def exercise_2():
+    tokens, hidden, k, gpus = 4096, 4096, 2, 8
+    s = tokens * hidden * 2  # bf16
+    per_gpu = s / gpus  # EP: each GPU holds T / N tokens
+    return Exercise2Answer(2 * s, 2 * s * (gpus - 1) / gpus, 2 * k * s / gpus, 2 * k * per_gpu * (gpus - 1) / gpus)

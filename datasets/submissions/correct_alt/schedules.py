@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 
+FORWARD, BACKWARD, WEIGHT = "F", "B", "W"
+KINDS = (FORWARD, BACKWARD, WEIGHT)
+
+
 class Action(NamedTuple):
     kind: str
     microbatch: int
@@ -91,3 +95,28 @@ def zero_bubble_h1(num_stages, num_microbatches):
         out += [Action("W", m) for m in pending]
         schedule.append(out)
     return schedule
+
+
+SCHEDULES = {"gpipe": gpipe, "1f1b": one_f_one_b, "interleaved": interleaved_1f1b,
+             "zero_bubble_h1": zero_bubble_h1}
+
+
+def check_count(name, value, minimum=1):
+    _require(name, value, minimum)
+    return value
+
+
+def interleaved_group_size(num_stages, num_microbatches):
+    if num_microbatches >= num_stages and num_microbatches % num_stages:
+        raise ValueError(f"num_microbatches={num_microbatches} must be below num_stages or a multiple of it")
+    return min(num_stages, num_microbatches)
+
+
+def build_schedule(name, num_stages, num_microbatches, num_chunks=1):
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule={name!r} is unknown: expected one of {sorted(SCHEDULES)}")
+    if name == "interleaved":
+        return interleaved_1f1b(num_stages, num_microbatches, num_chunks)
+    if num_chunks != 1:
+        raise ValueError(f"num_chunks={num_chunks!r} must be 1 for {name}")
+    return SCHEDULES[name](num_stages, num_microbatches)
