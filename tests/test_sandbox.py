@@ -180,3 +180,37 @@ def test_worker_process_group_is_killed(tmp_path):
             os.kill(child, 0)
             import time
             time.sleep(0.1)
+
+
+def test_named_tuple_arguments_become_submission_classes(tmp_path):
+    from typing import NamedTuple
+
+    class Spec(NamedTuple):
+        name: str
+        layers: int
+
+    folder = make_submission(tmp_path, """
+        from typing import NamedTuple
+
+        class Spec(NamedTuple):
+            name: str
+            layers: int
+
+            @property
+            def doubled(self):
+                return 2 * self.layers
+
+        def describe(spec, other):
+            return [type(spec).__name__, isinstance(spec, Spec), spec.doubled, other.layers]
+    """)
+
+    class Other(NamedTuple):
+        name: str
+        layers: int
+
+    with Worker(folder, LIMITS) as worker:
+        kind, is_own_class, doubled, other_layers = worker.call("mod", "describe", Spec("x", 3), Other("y", 5))
+    assert kind == "Spec"
+    assert is_own_class is True
+    assert doubled == 6
+    assert other_layers == 5
