@@ -33,8 +33,9 @@ def _add_grade(subparsers) -> None:
         description="Grade a submission: every check runs the submission in a sandboxed worker process.")
     parser.add_argument("path", nargs="?", default="exercises",
                         help="submission folder (default: ./exercises)")
-    parser.add_argument("--format", choices=("text", "json"), default="text",
-                        help="report format on stdout (default: text)")
+    parser.add_argument("--format", choices=("text", "json", "gradescope", "junit"), default="text",
+                        help="report format on stdout: text, json, Gradescope results.json, "
+                             "or JUnit XML (default: text)")
     parser.add_argument("--output", metavar="FILE", help="also write the JSON report to FILE")
     parser.add_argument("--check", action="append", metavar="ID", dest="checks",
                         help="run only this check (repeatable), e.g. schedules.one_f_one_b")
@@ -54,7 +55,7 @@ def _add_grade(subparsers) -> None:
 
 def _grade(args: argparse.Namespace) -> int:
     from .checking import ExplorationMode
-    from .report import render_json, render_text
+    from .report import render_gradescope, render_json, render_junit, render_text
     from .rubric import DEFAULT_RUBRIC, RubricError, load_rubric
     from .runner import SubmissionError, grade
     from .sandbox import Limits
@@ -101,7 +102,9 @@ def _grade(args: argparse.Namespace) -> int:
     if show_progress:
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
 
-    print(render_json(report) if args.format == "json" else render_text(report))
+    renderers = {"text": render_text, "json": render_json, "gradescope": render_gradescope,
+                 "junit": render_junit}
+    print(renderers[args.format](report))
     if args.output:
         Path(args.output).write_text(render_json(report) + "\n", encoding="utf-8")
     if args.fail_under is not None and report.max_score:

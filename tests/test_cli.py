@@ -132,3 +132,10 @@ def test_run_bad_input_is_one_line():
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("fmt, check_text", [("gradescope", '"tests"'), ("junit", "<testsuites")])
+def test_grade_ci_formats(fmt, check_text):
+    run = pplab("grade", "reference", "--check", "exercise_1.gpipe", "--format", fmt)
+    assert run.returncode == 0, run.stderr
+    assert check_text in run.stdout
