@@ -12,8 +12,8 @@ when the dependency ran on another rank):
 
 Times are in arbitrary but consistent units (seconds, or "one forward").
 A ``B`` without a matching ``W`` in the schedule is a full backward and takes
-``backward_time + weight_time``; with a matching ``W`` it takes
-``backward_time`` and the ``W`` takes ``weight_time``. The same three times
+``backward_time + weight_time``. A ``B`` with a matching ``W`` takes
+``backward_time``, and the ``W`` takes ``weight_time``. The same three times
 therefore compare zero-bubble schedules fairly with the others.
 
 A microbatch's activations on a virtual stage count as stashed from the start

@@ -24,7 +24,7 @@ from .sandbox import Worker
 
 
 class CheckFailed(AssertionError):
-    """The submission gave a wrong answer; the message says which and where.
+    """The submission returned a wrong result; the message shows which and where.
 
     ``credit`` is the share of the check's points still earned (0 to 1), for
     checks that give partial credit.

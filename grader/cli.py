@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print("pplab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # The reader went away (`pplab ... | head`); nothing more to say.
+        # The reader closed the pipe (`pplab ... | head`), so stop quietly.
         sys.stderr.close()
         return EXIT_OK
 

@@ -84,8 +84,8 @@ def render_gradescope(report: GradeReport) -> str:
     ``tests``, each test with ``name``, ``number``, ``score``, ``max_score``,
     ``status`` ("passed" or "failed"), ``output`` and ``visibility``.
 
-    NOTE: these fields follow Gradescope's autograder specification as the
-    project knows it; they have not been run through Gradescope itself.
+    NOTE: these fields follow Gradescope's autograder specification as
+    recalled, not as checked against its documentation or a real Gradescope run.
     """
     tests = []
     for index, result in enumerate(report.results, start=1):

@@ -3,7 +3,7 @@
 The grader never imports a submission. :class:`Worker` starts
 ``_sandbox_child.py`` with resource limits, in its own process group and a
 temporary working directory holding a copy of the submission, and talks to it
-over two pipes. Every answer arrives as JSON and is decoded here into plain
+over two pipes. Every response arrives as JSON and is decoded here into plain
 Python data (lists, numbers, strings, :class:`Record` for named tuples,
 numpy arrays loaded with ``allow_pickle=False``).
 

@@ -131,7 +131,8 @@ def test_run_bad_input_is_one_line():
     run = pplab("run", "--stages", "0")
     assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in run.stderr
+    assert len(lines) == 1
+    assert "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize("fmt, check_text", [("gradescope", '"tests"'), ("junit", "<testsuites")])

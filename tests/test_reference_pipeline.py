@@ -111,7 +111,9 @@ def test_every_schedule_finishes(P, M):
             try:
                 schedule = build_schedule(name, P, M, v)
             except ValueError:
-                assert name == "interleaved" and M >= P and M % P
+                assert name == "interleaved"
+                assert M >= P
+                assert M % P
                 continue
             simulate(schedule, 1.0, 2.0, 0.5, 0.25)
 

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from reference import bubbles as ref
 
 from ..checking import CheckFailed, check, run_property
-from ..sandbox import LearnerRaised, Worker
-from .schedule_analysis import as_number, close, describe_inputs
+from ..sandbox import Worker
+from .schedule_analysis import describe_inputs
+from .values import as_number, call_or_fail, close
 
 TIMES = st.sampled_from([0.5, 1.0, 2.0, 3.0])
 
@@ -42,11 +43,7 @@ def _fraction_misconception(schedule: str, P: int, M: int, v: int, got: float) -
 
 def _call(worker: Worker, function: str, schedule: str, P: int, M: int, v: int, **times):
     context = f"{function}({schedule!r}, {describe_inputs(num_stages=P, num_microbatches=M, num_chunks=v)})"
-    try:
-        value = worker.call("bubbles", function, schedule, P, M, v, **times)
-    except LearnerRaised as error:
-        raise CheckFailed(f"{context} raised {error.error}: {error.message}") from None
-    return value, context
+    return call_or_fail(worker, "bubbles", function, schedule, P, M, v, context=context, **times), context
 
 
 @check("bubbles.bubble_fraction", modules=("bubbles",))
@@ -103,10 +100,7 @@ def peak_activations_check(worker: Worker) -> None:
         rank = data.draw(st.integers(0, P - 1), label="pp_rank")
         context = (f"peak_activations({schedule!r}, "
                    f"{describe_inputs(num_stages=P, num_microbatches=M, num_chunks=v, pp_rank=rank)})")
-        try:
-            value = worker.call("bubbles", "peak_activations", schedule, P, M, v, rank)
-        except LearnerRaised as error:
-            raise CheckFailed(f"{context} raised {error.error}: {error.message}") from None
+        value = call_or_fail(worker, "bubbles", "peak_activations", schedule, P, M, v, rank, context=context)
         expected = ref.peak_activations(schedule, P, M, v, rank)
         if type(value) is not int or value != expected:
             hint = None

@@ -10,8 +10,8 @@ from reference import comm_volume as ref
 from reference import moe
 
 from ..checking import CheckFailed, check, run_property
-from ..sandbox import LearnerRaised, Record, Worker
-from .schedule_analysis import as_number, close
+from ..sandbox import Record, Worker
+from .values import as_number, call_or_fail, close
 
 SIZES = st.sampled_from([0.0, 1.0, 4096.0, 2.0**20, 3e9, 1234567.0])
 WORLD = st.sampled_from([1, 2, 3, 4, 8, 64, 1000])
@@ -19,11 +19,7 @@ PASSES = st.sampled_from(list(ref.PASSES))
 
 
 def _number(worker: Worker, function: str, *args, context: str) -> float:
-    try:
-        value = worker.call("comm_volume", function, *args)
-    except LearnerRaised as error:
-        raise CheckFailed(f"{context} raised {error.error}: {error.message}") from None
-    return as_number(value, context)
+    return as_number(call_or_fail(worker, "comm_volume", function, *args, context=context), context)
 
 
 def _compare(got: float, expected: float, context: str, hint: str | None = None) -> None:
@@ -96,11 +92,8 @@ def measured_plan_check(worker: Worker) -> None:
         hidden, bytes_per_element = 1024, 2
         context = (f"ep_moe_layer_bytes_from_plan(dispatch_counts=\n{plan.dispatch_counts}\n, hidden={hidden}, "
                    f"bytes_per_element={bytes_per_element}, passes={passes!r})")
-        try:
-            value = worker.call("comm_volume", "ep_moe_layer_bytes_from_plan", plan.dispatch_counts, hidden,
-                                bytes_per_element, passes)
-        except LearnerRaised as error:
-            raise CheckFailed(f"{context} raised {error.error}: {error.message}") from None
+        value = call_or_fail(worker, "comm_volume", "ep_moe_layer_bytes_from_plan", plan.dispatch_counts, hidden,
+                             bytes_per_element, passes, context=context)
         if not isinstance(value, Record) or not {"per_rank_bytes", "max_bytes", "mean_bytes"} <= set(value):
             raise CheckFailed(f"{context} returned {type(value).__name__}; expected EPVolume")
         expected = ref.ep_moe_layer_bytes_from_plan(plan.dispatch_counts, hidden, bytes_per_element, passes)

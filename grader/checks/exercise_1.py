@@ -5,28 +5,19 @@ from __future__ import annotations
 from reference import bubbles
 
 from ..checking import CheckFailed, check
-from ..sandbox import LearnerRaised, Record, Worker
-from .schedule_analysis import as_number, close
+from ..sandbox import Record, Worker
+from .values import answer_field, close, fetch_answer
 
 P, M, V = 4, 16, 2
 REL_TOLERANCE = 1e-6
 
 
 def _answer(worker: Worker) -> Record:
-    worker.import_module("answers")
-    try:
-        value = worker.call("answers", "exercise_1")
-    except LearnerRaised as error:
-        raise CheckFailed(f"exercise_1() raised {error.error}: {error.message}") from None
-    if not isinstance(value, Record):
-        raise CheckFailed(f"exercise_1() returned {type(value).__name__}; expected Exercise1Answer")
-    return value
+    return fetch_answer(worker, "exercise_1", "Exercise1Answer")
 
 
 def _field(answer: Record, name: str) -> float:
-    if name not in answer:
-        raise CheckFailed(f"exercise_1() returned a {answer.type_name} without the field {name!r}")
-    return as_number(answer[name], f"exercise_1().{name}")
+    return answer_field(answer, "exercise_1", name)
 
 
 @check("exercise_1.gpipe", modules=("answers",))

@@ -10,28 +10,19 @@ from __future__ import annotations
 from reference.comm_volume import exercise_2_volumes
 
 from ..checking import CheckFailed, check
-from ..sandbox import LearnerRaised, Record, Worker
-from .schedule_analysis import as_number, close
+from ..sandbox import Record, Worker
+from .values import answer_field, close, fetch_answer
 
 T, H, BYTES, K, N, EXPERTS = 4 * 1024, 4096, 2, 2, 8, 64
 S = T * H * BYTES
 
 
 def _answer(worker: Worker) -> Record:
-    worker.import_module("answers")
-    try:
-        value = worker.call("answers", "exercise_2")
-    except LearnerRaised as error:
-        raise CheckFailed(f"exercise_2() raised {error.error}: {error.message}") from None
-    if not isinstance(value, Record):
-        raise CheckFailed(f"exercise_2() returned {type(value).__name__}; expected Exercise2Answer")
-    return value
+    return fetch_answer(worker, "exercise_2", "Exercise2Answer")
 
 
 def _field(answer: Record, name: str) -> float:
-    if name not in answer:
-        raise CheckFailed(f"exercise_2() returned a {answer.type_name} without the field {name!r}")
-    return as_number(answer[name], f"exercise_2().{name}")
+    return answer_field(answer, "exercise_2", name)
 
 
 def _name_mistakes(got: float, candidates: dict[str, float]) -> str | None:

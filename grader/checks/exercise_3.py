@@ -14,7 +14,8 @@ from __future__ import annotations
 from reference import strategy as ref
 
 from ..checking import CheckFailed, check
-from ..sandbox import LearnerRaised, Record, Worker
+from ..sandbox import Worker
+from .values import fetch_answer
 
 FULL_CREDIT_RATIO = 1.05
 ZERO_CREDIT_RATIO = 1.25
@@ -55,13 +56,7 @@ def score_exercise_3(config: ref.ParallelConfig) -> tuple[float, float, list[str
 
 
 def _config(worker: Worker) -> ref.ParallelConfig:
-    worker.import_module("answers")
-    try:
-        value = worker.call("answers", "exercise_3")
-    except LearnerRaised as error:
-        raise CheckFailed(f"exercise_3() raised {error.error}: {error.message}") from None
-    if not isinstance(value, Record):
-        raise CheckFailed(f"exercise_3() returned {type(value).__name__}; expected Exercise3Answer")
+    value = fetch_answer(worker, "exercise_3", "Exercise3Answer")
     degrees = []
     for field in FIELDS:
         degree = value.get(field, 1 if field in ("ep", "num_chunks") else None)

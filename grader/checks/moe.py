@@ -18,15 +18,12 @@ from hypothesis import strategies as st
 from reference import moe as ref
 
 from ..checking import CheckFailed, check, run_property
-from ..sandbox import LearnerRaised, Record, Worker
-from .schedule_analysis import as_number, close
+from ..sandbox import Record, Worker
+from .values import as_number, call_or_fail, close
 
 
 def _call(worker: Worker, function: str, *args, context: str, **kwargs):
-    try:
-        return worker.call("moe", function, *args, **kwargs)
-    except LearnerRaised as error:
-        raise CheckFailed(f"{context} raised {error.error}: {error.message}") from None
+    return call_or_fail(worker, "moe", function, *args, context=context, **kwargs)
 
 
 def _array(value, context: str, shape: tuple[int, ...], kind: str) -> np.ndarray:

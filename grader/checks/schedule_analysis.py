@@ -6,14 +6,13 @@ example ``for P=2, M=1: rank 0 runs B0 before F0``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from reference.schedules import BACKWARD, FORWARD, KINDS, WEIGHT, Action, Schedule
 from reference.simulator import DeadlockError, Timeline, simulate
 
 from ..checking import CheckFailed
-from ..sandbox import Record, Unsupported
+from ..sandbox import Record
 
 # (forward_time, backward_time, weight_time) triples every schedule is timed with.
 TIME_CASES = ((1.0, 2.0, 0.0), (1.0, 1.0, 0.0), (2.0, 1.0, 0.0))
@@ -100,23 +99,6 @@ def simulate_or_fail(schedule: Schedule, times: tuple[float, float, float], cont
         return simulate(schedule, forward_time, backward_time, weight_time)
     except DeadlockError as error:
         raise CheckFailed(f"for {context}: {error}") from None
-
-
-def close(a: float, b: float, rel: float = 1e-9, abs_tol: float = 1e-12) -> bool:
-    """Compare two finite floats with a relative tolerance."""
-    return math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
-
-
-def as_number(value: Any, what: str) -> float:
-    """Accept an int or a finite float (never a bool); raise CheckFailed otherwise."""
-    if isinstance(value, Unsupported):
-        raise CheckFailed(f"{what} is an instance of {value.name.rsplit('.', 1)[-1]}; return a plain "
-                          "int or float (subclasses and custom objects are not accepted)")
-    if type(value) not in (int, float):
-        raise CheckFailed(f"{what} is {value!r} of type {type(value).__name__}; expected a number")
-    if not math.isfinite(value):
-        raise CheckFailed(f"{what} is {value!r}; expected a finite number")
-    return float(value)
 
 
 def grid(schedule: Schedule, limit: int = 12) -> str:

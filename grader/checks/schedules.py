@@ -20,11 +20,11 @@ from .schedule_analysis import (
     ZERO_BUBBLE_TIME_CASES,
     as_schedule,
     check_structure,
-    close,
     describe_inputs,
     grid,
     simulate_or_fail,
 )
+from .values import close
 
 
 def fetch(worker: Worker, function: str, *args: int):

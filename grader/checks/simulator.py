@@ -2,7 +2,7 @@
 
 Inputs are reference schedules of every kind plus 1F1B-like schedules whose
 warmup length is drawn per rank: some of those finish, some deadlock, and
-the reference simulator tells which.
+the reference simulator decides which.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from reference.simulator import DeadlockError, simulate
 
 from ..checking import CheckFailed, check, run_property
 from ..sandbox import LearnerRaised, Record, Worker
-from .schedule_analysis import as_action, as_number, close, grid
+from .schedule_analysis import as_action, grid
+from .values import as_number, close
 
 TIMES = st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0])
 
 
 @st.composite
 def warmup_schedules(draw):
-    """A schedule where rank r runs w_r warmup forwards, then 1F1B, then cooldown."""
+    """Draw a schedule where rank r runs w_r warmup forwards, then 1F1B, then cooldown."""
     P = draw(st.integers(1, 5))
     M = draw(st.integers(1, 6))
     schedule = []
@@ -38,7 +39,7 @@ def warmup_schedules(draw):
 
 @st.composite
 def reference_schedules(draw):
-    """A reference schedule of any kind, with (P, M, v) valid for it."""
+    """Draw a reference schedule of any kind, with (P, M, v) valid for it."""
     name = draw(st.sampled_from(sorted(ref.SCHEDULES)))
     P = draw(st.integers(1, 5))
     if name == "interleaved":

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from reference import strategy as ref
 
 from ..checking import CheckFailed, check, run_property
-from ..sandbox import LearnerRaised, Record, Worker
-from .schedule_analysis import as_number, close
+from ..sandbox import Record, Worker
+from .values import as_number, call_or_fail, close
 
 MODEL_NAMES = ("llama-2-7b", "llama-2-70b", "gpt-3-175b", "mixtral-8x7b", "deepseek-v3", "switch-c-2048")
 
@@ -67,10 +67,7 @@ MODELS = st.one_of(st.sampled_from(MODEL_NAMES).map(published_model), random_mod
 
 
 def _call(worker: Worker, function: str, *args, context: str):
-    try:
-        return worker.call("strategy", function, *args)
-    except LearnerRaised as error:
-        raise CheckFailed(f"{context}: {function} raised {error.error}: {error.message}") from None
+    return call_or_fail(worker, "strategy", function, *args, context=context)
 
 
 def _record(value, type_name: str, fields, context: str) -> Record:
