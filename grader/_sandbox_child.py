@@ -1,11 +1,19 @@
 """Worker process that runs a submission's code for the grader.
 
-This file runs as a script (``python -I _sandbox_child.py SUBMISSION FD_IN FD_OUT``)
-and imports nothing from pplab: the grader package and the reference
-solutions must stay out of the process that runs untrusted code. It reads
-length-prefixed JSON requests from ``FD_IN``, runs them against the
-submission (loaded as the package ``exercises``), and writes length-prefixed
-JSON responses to ``FD_OUT``. Values cross the boundary as plain data only
+This file runs as a script and imports nothing from pplab: the grader
+package and the reference solutions must stay out of the process that runs
+untrusted code. It runs in one of two ways:
+
+- ``python -I -u _sandbox_child.py SUBMISSION FD_IN FD_OUT`` serves one
+  worker directly;
+- ``python -I -u _sandbox_child.py --fork-server CONTROL_FD [--preload]``
+  imports numpy (and with ``--preload`` torch, warmed up) once and forks a
+  worker per request (see :func:`fork_server`), which is how the grader
+  normally starts workers.
+
+A worker reads length-prefixed JSON requests from ``FD_IN``, runs them
+against the submission (loaded as the package ``exercises``), and writes
+length-prefixed JSON responses to ``FD_OUT``. Values cross the boundary as plain data only
 (JSON, with arrays as ``.npy`` bytes loaded with ``allow_pickle=False``).
 """
 
@@ -219,8 +227,8 @@ def _handle(request, guard):
 SUBMISSION_ENV = "PPLAB_SUBMISSION_DIR"
 
 
-def main():
-    submission_dir, fd_in, fd_out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def serve(submission_dir, fd_in, fd_out):
+    """Answer requests on ``fd_in`` with responses on ``fd_out`` until the grader closes it."""
     # Processes the submission spawns (multiprocessing's "spawn" re-imports
     # this file as __mp_main__) install the same guard from this variable.
     os.environ[SUBMISSION_ENV] = submission_dir
@@ -248,6 +256,437 @@ def main():
             _send(fd_out, {"ok": False, "error": "BadOutput", "mro": ["BadOutput"],
                            "message": f"the return value could not be sent: {error}",
                            "traceback": ""})
+
+
+# --- limits and privileges --------------------------------------------------
+
+def apply_limits(limits):
+    """Start a new session and set the rlimits named in ``limits`` (a dict of ints or None)."""
+    import resource
+
+    os.setsid()
+    if limits.get("address_space") is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (limits["address_space"], limits["address_space"]))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"] + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["file_size"], limits["file_size"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
+    except (ValueError, OSError):
+        pass
+
+
+def drop_privileges(uid, gid):
+    """Become ``uid``/``gid`` with no supplementary groups (only possible as root)."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def _read_all(fd):
+    """Read ``fd`` to its end, close it and return the bytes."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def probe_user(uid, gid, paths):
+    """Return the paths in ``paths`` that ``uid`` cannot read, from a throwaway child."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            os.close(read_fd)
+            drop_privileges(uid, gid)
+            missing = [path for path in paths if not os.access(path, os.R_OK)]
+            os.write(write_fd, json.dumps(missing).encode("utf-8"))
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    data = _read_all(read_fd)
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not data:
+        return list(paths)
+    return json.loads(data)
+
+
+# --- namespaces (root only) ---------------------------------------------------
+
+# Linux constants, from <sched.h>, <sys/mount.h>, <sys/prctl.h>,
+# <linux/capability.h> and <linux/sockios.h>.
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x1000, 0x4000, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_KEEPCAPS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 1, 8, 47, 2
+CAP_DAC_READ_SEARCH = 2
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def _libc():
+    import ctypes
+
+    return ctypes, ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result, what):
+    if result != 0:
+        import ctypes
+
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+
+
+def _mount(source, target, fstype, flags, data=None):
+    ctypes, libc = _libc()
+    encode = (lambda text: None if text is None else text.encode())
+    _check(libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)),
+           f"mount {target}")
+
+
+def _loopback_up():
+    import fcntl
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
+def enter_namespaces():
+    """Move into new mount, network and pid namespaces; return in the pid-1 child.
+
+    The calling process stays behind as a proxy: it waits for the child and
+    exits the way the child did, so the grader sees the worker's real exit
+    status. The child dies with the proxy (PDEATHSIG), and everything it
+    starts dies with it, because it is pid 1 of its namespace.
+    """
+    ctypes, libc = _libc()
+    _check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID), "unshare")
+    pid = os.fork()
+    if pid:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for fd in range(3, 256):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            os.kill(os.getpid(), os.WTERMSIG(status))
+        os._exit(os.WEXITSTATUS(status))
+    _check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "prctl PDEATHSIG")
+
+
+def hide_paths(hide, keep):
+    """Cover each folder in ``hide`` with an empty tmpfs, leaving the paths in ``keep`` reachable.
+
+    Runs inside a private mount namespace, so nothing changes for other
+    processes. ``/proc`` is mounted again for the new pid namespace, so the
+    worker sees only its own processes.
+    """
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    kept = [(path, os.open(path, os.O_PATH)) for path in keep if os.path.exists(path)]
+    for path in sorted(hide, key=len):
+        if os.path.isdir(path):
+            _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=256m,mode=1777")
+    for path, fd in kept:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "a").close()
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _loopback_up()
+
+
+def drop_to_reader(uid, gid):
+    """Become ``uid``/``gid`` but keep CAP_DAC_READ_SEARCH, also across exec.
+
+    The worker can then read the Python installation wherever it lives
+    (even under a root-only home) while the kernel treats it as an ordinary
+    user: no writes to other users' files, no signals to their processes,
+    and RLIMIT_NPROC applies.
+    """
+    ctypes, libc = _libc()
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                    ("inheritable", ctypes.c_uint32)]
+
+    _check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl KEEPCAPS")
+    drop_privileges(uid, gid)
+    bit = 1 << CAP_DAC_READ_SEARCH
+    data = (Data * 2)(Data(bit, bit, bit), Data(0, 0, 0))
+    _check(libc.capset(ctypes.byref(Header(LINUX_CAPABILITY_VERSION_3, 0)), data), "capset")
+    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0), "prctl AMBIENT")
+
+
+def _can_read(path):
+    # Not os.access(): it ignores capabilities for a non-root real uid.
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            os.close(os.open(path, os.O_RDONLY))
+    except OSError:
+        return False
+    return True
+
+
+def probe_namespaces(request):
+    """Try the whole isolation sequence in a throwaway child; return None or why it failed."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            enter_namespaces()
+            hide_paths(request["hide"], request["keep"])
+            drop_to_reader(*request["user"])
+            unreadable = [path for path in request["paths"] if not _can_read(path)]
+            message = f"cannot read {', '.join(unreadable)}" if unreadable else ""
+        except BaseException as error:
+            message = f"{type(error).__name__}: {error}"
+        try:
+            os.write(write_fd, (message or "ok").encode("utf-8"))
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    data = _read_all(read_fd)
+    os.waitpid(pid, 0)
+    text = data.decode("utf-8", "replace")
+    return None if text == "ok" else (text or "the probe died")
+
+
+# --- fork server --------------------------------------------------------------
+
+# The grader starts this file once with --fork-server. That process never
+# runs submission code: it imports the heavy, trusted libraries once and
+# forks one child per worker, which sets its own limits and only then loads
+# the submission. Children that escape their session (a double fork, a
+# setsid daemon) are re-parented to it, because it is a child subreaper, and
+# it kills them when their worker is released.
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _children():
+    """Pids of this process's live children, from /proc (Linux)."""
+    me = os.getpid()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == me and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _exit_code(status):
+    """Turn a waitpid status into subprocess's convention (negative signal numbers)."""
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _become_worker(request, fds, control):
+    status = 0
+    try:
+        control.close()
+        fd_in, fd_out = fds
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for target, path in ((1, request["stdout"]), (2, request["stderr"])):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(fd, target)
+            os.close(fd)
+        if request.get("namespaces"):
+            enter_namespaces()
+            hide_paths(request["hide"], request["keep"])
+        # multiprocessing's "spawn" re-runs the main script by path; point it
+        # at the copy next to the submission, since grader/ may be hidden.
+        main_module = sys.modules.get("__main__")
+        if main_module is not None and request.get("main_script"):
+            main_module.__file__ = request["main_script"]
+        apply_limits(request["limits"])
+        if request.get("user") is not None:
+            if request.get("namespaces"):
+                drop_to_reader(*request["user"])
+            else:
+                drop_privileges(*request["user"])
+        os.chdir(request["home"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        serve(request["submission_dir"], fd_in, fd_out)
+    except BaseException:
+        status = 70
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        os._exit(status)
+
+
+def _warm_up_torch():
+    """Import torch and run one tiny training step, so forked workers start warm.
+
+    torch sets up much of itself lazily on the first forward, backward and
+    optimizer step (about a second); a child forked afterwards inherits that
+    state instead of paying for it again. With OMP_NUM_THREADS=1 this starts
+    no thread, so forking stays safe.
+    """
+    try:
+        import torch
+    except ImportError:
+        return
+    layer = torch.nn.Linear(4, 4).double()
+    loss = layer(torch.ones(2, 4, dtype=torch.float64)).square().mean()
+    loss.backward()
+    torch.optim.SGD(layer.parameters(), lr=0.1).step()
+
+
+def fork_server(control_fd, preload):
+    """Serve spawn/status/release requests from the grader on a SOCK_SEQPACKET socket.
+
+    With ``preload`` the server first imports torch and warms it up, then
+    says so with a ``{"ready": true}`` message.
+    """
+    import signal
+    import socket
+    import time
+
+    importlib.import_module("numpy")
+    _become_subreaper()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=control_fd)
+    if preload:
+        _warm_up_torch()
+        control.send(json.dumps({"ready": True}).encode("utf-8"))
+    statuses = {}
+    workers = set()
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            statuses[pid] = _exit_code(status)
+            workers.discard(pid)
+
+    def kill_strays():
+        # Everything still running that is not a live worker escaped its session.
+        for _ in range(20):
+            strays = [pid for pid in _children() if pid not in workers]
+            if not strays:
+                return
+            for pid in strays:
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+            time.sleep(0.01)
+            reap()
+
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 1 << 20, 4)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            workers.clear()
+            kill_strays()
+            return
+        request = json.loads(data)
+        reap()
+        op = request.get("op")
+        if op == "spawn":
+            pid = os.fork()
+            if pid == 0:
+                _become_worker(request, fds, control)
+            for fd in fds:
+                os.close(fd)
+            workers.add(pid)
+            reply = {"pid": pid}
+        elif op == "status":
+            pid = request["pid"]
+            deadline = time.monotonic() + float(request.get("timeout", 0))
+            while pid not in statuses and pid in workers:
+                reap()
+                if pid in statuses or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.005)
+            reply = {"status": statuses.get(pid)}
+        elif op == "release":
+            pid = request["pid"]
+            deadline = time.monotonic() + 10
+            while pid in workers and time.monotonic() < deadline:
+                reap()
+                time.sleep(0.002)
+            workers.discard(pid)
+            kill_strays()
+            statuses.pop(pid, None)
+            reply = {"released": True}
+        elif op == "probe":
+            reply = {"unreadable": probe_user(request["uid"], request["gid"], request["paths"])}
+        elif op == "probe_namespaces":
+            reply = {"problem": probe_namespaces(request)}
+        else:
+            reply = {"error": f"unknown op {op!r}"}
+        if request.get("reply", True):
+            control.send(json.dumps(reply).encode("utf-8"))
+
+
+def main():
+    if sys.argv[1] == "--fork-server":
+        fork_server(int(sys.argv[2]), preload="--preload" in sys.argv[3:])
+        return
+    submission_dir, fd_in, fd_out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    serve(submission_dir, fd_in, fd_out)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ same score on every run and machine.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -69,9 +70,12 @@ class ExplorationMode:
     seed: int | None = None
     example_scale: float = 1.0
     subset: bool = False
+    secret: int | None = None
 
 
 _MODE = ExplorationMode()
+_REPORTED: list[str] | None = None
+_EXAMPLE_STARTS: Callable[[], None] | None = None
 
 
 def set_mode(mode: ExplorationMode) -> None:
@@ -80,18 +84,31 @@ def set_mode(mode: ExplorationMode) -> None:
     _MODE = mode
 
 
-def run_property(test: Callable[..., Any], max_examples: int) -> None:
-    """Run a ``@given`` test under the grading settings.
+def collect_reports(target: list[str] | None) -> None:
+    """Append what hypothesis reports (the falsifying example) to ``target``; None drops it."""
+    global _REPORTED
+    _REPORTED = target
 
-    Officially the run is derandomised: hypothesis seeds itself from the
-    test's own source, so the examples depend on the grader version only.
-    With a seed (``pplab grade --seed N``) the run explores other examples and
-    more of them, and is not an official grade.
-    """
-    examples = max(1, round(max_examples * _MODE.example_scale))
+
+def on_example_start(callback: Callable[[], None] | None) -> None:
+    """Call ``callback`` before each example a property runs (None: stop)."""
+    global _EXAMPLE_STARTS
+    _EXAMPLE_STARTS = callback
+
+
+def _report(message: str) -> None:
+    if _REPORTED is not None:
+        _REPORTED.append(str(message))
+
+
+def _configured(test: Callable[..., Any], examples: int, seed: int | None) -> Callable[..., Any]:
+    """Apply the grading settings to ``test``: derandomised, or seeded with ``seed``."""
+    if hasattr(test, "_hypothesis_internal_settings_applied"):
+        # A second run of the same property (the secret pass) gets new settings.
+        del test._hypothesis_internal_settings_applied
     configured = settings(
         max_examples=examples,
-        derandomize=_MODE.seed is None,
+        derandomize=seed is None,
         database=None,
         deadline=None,
         print_blob=False,
@@ -99,9 +116,38 @@ def run_property(test: Callable[..., Any], max_examples: int) -> None:
         suppress_health_check=list(HealthCheck),
         phases=(Phase.explicit, Phase.generate, Phase.shrink),
     )(test)
-    if _MODE.seed is not None:
-        from hypothesis import seed
+    if seed is not None:
+        from hypothesis import seed as with_seed
 
-        configured = seed(_MODE.seed)(configured)
-    with with_reporter(lambda _message: None):
-        configured()
+        configured = with_seed(seed)(configured)
+    return configured
+
+
+def run_property(test: Callable[..., Any], max_examples: int) -> None:
+    """Run a ``@given`` test under the grading settings.
+
+    Officially the run is derandomised: hypothesis seeds itself from the
+    test's own source, so the examples depend on the grader version only and
+    anyone can reproduce them. With an instructor's secret
+    (``PPLAB_SECRET_SEED``) an official run then draws as many examples
+    again from that secret, which a learner cannot know, so a table of the
+    public examples' answers does not pass. With a seed (``pplab grade
+    --seed N``) the run explores other examples and more of them, and is
+    not an official grade.
+    """
+    examples = max(1, round(max_examples * _MODE.example_scale))
+    seeds: list[int | None] = [_MODE.seed]
+    if _MODE.seed is None and _MODE.secret is not None:
+        seeds.append(_MODE.secret)
+    if _EXAMPLE_STARTS is not None:
+        inner, starts = test.hypothesis.inner_test, _EXAMPLE_STARTS
+
+        @functools.wraps(inner)
+        def announced(*args: Any, **kwargs: Any) -> Any:
+            starts()
+            return inner(*args, **kwargs)
+
+        test.hypothesis.inner_test = announced
+    for seed in seeds:
+        with with_reporter(_report):
+            _configured(test, examples, seed)()

@@ -8,12 +8,15 @@ import inspect
 import importlib.util
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
 
 EXIT_OK, EXIT_BELOW_THRESHOLD, EXIT_USAGE = 0, 1, 2
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# A student release has no reference/, so its scripts run the learner's exercises/ by default.
+DEFAULT_IMPL = "reference" if (REPO_ROOT / "reference").is_dir() else "exercises"
 
 
 class UsageError(Exception):
@@ -36,10 +39,14 @@ def _add_grade(subparsers) -> None:
     parser.add_argument("--format", choices=("text", "json", "gradescope", "junit"), default="text",
                         help="report format on stdout: text, json, Gradescope results.json, "
                              "or JUnit XML (default: text)")
-    parser.add_argument("--output", metavar="FILE", help="also write the JSON report to FILE")
+    parser.add_argument("--output", metavar="FILE",
+                        help="also write the report to FILE, in --format's format (JSON for text)")
     parser.add_argument("--check", action="append", metavar="ID", dest="checks",
                         help="run only this check (repeatable), e.g. schedules.one_f_one_b")
     parser.add_argument("--visible-only", action="store_true", help="run only the visible checks")
+    parser.add_argument("--replay", metavar="ID",
+                        help="run one check again and show its counterexample, the calls your code got, "
+                             "its traceback and a line to rerun the failing call")
     parser.add_argument("--list", action="store_true", help="list the checks with points and exit")
     parser.add_argument("--seed", type=int, metavar="N",
                         help="explore with a random seed and 4x the examples (not an official grade)")
@@ -48,6 +55,8 @@ def _add_grade(subparsers) -> None:
     parser.add_argument("--fail-under", type=float, metavar="PCT",
                         help="exit with status 1 when the score is below PCT percent")
     parser.add_argument("--rubric", metavar="FILE", help="rubric TOML file (default: the packaged one)")
+    parser.add_argument("--no-history", action="store_true",
+                        help="do not store this grade in PATH/.pplab/, where pplab status and the hints read it")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log debug messages to stderr")
     parser.set_defaults(handler=_grade)
@@ -69,11 +78,26 @@ def _grade(args: argparse.Namespace) -> int:
     except RubricError as error:
         return _fail(str(error))
     if args.list:
+        if args.format == "json":
+            import json
+
+            print(json.dumps([{"id": e.id, "exercise": e.exercise, "title": e.title, "points": e.points,
+                               "visibility": e.visibility} for e in rubric.checks], indent=2))
+            return EXIT_OK
         for entry in rubric.checks:
             print(f"{entry.id:<36} {entry.points:>4g}  {entry.visibility:<7}  {entry.title}")
+        for entry in rubric.official_only:
+            print(f"{entry.id:<36} {entry.points:>4g}  hidden   {entry.title} (graded only officially)")
         return EXIT_OK
     known = {entry.id for entry in rubric.checks}
+    if args.replay:
+        if args.checks:
+            return _fail("--replay runs one check; drop --check")
+        args.checks = [args.replay]
     unknown = [c for c in args.checks or [] if c not in known]
+    if unknown and unknown[0] in {entry.id for entry in rubric.official_only}:
+        return _fail(f"check {unknown[0]!r} is hidden: only the official grader runs it, "
+                     "and this release does not contain it")
     if unknown:
         return _fail(f"unknown check {unknown[0]!r}; known checks: {', '.join(sorted(known))}")
     subset = bool(args.checks or args.visible_only)
@@ -85,6 +109,9 @@ def _grade(args: argparse.Namespace) -> int:
         if problem:
             return _fail(problem)
 
+    if args.seed is not None and DEFAULT_IMPL == "exercises":
+        return _fail("--seed explores new inputs with the reference solutions, which this student copy "
+                     "does not have: its checks replay recorded inputs; drop --seed")
     mode = ExplorationMode() if args.seed is None else ExplorationMode(seed=args.seed, example_scale=4.0)
     if subset:
         # A subset is never an official grade, whatever the seed.
@@ -96,7 +123,8 @@ def _grade(args: argparse.Namespace) -> int:
             print(f"\r[{done}/{total}] {result.id:<40}", end="", file=sys.stderr, flush=True)
 
     try:
-        report = grade(Path(args.path), rubric, Limits(call_timeout=args.timeout), mode, progress)
+        report = grade(Path(args.path), rubric, Limits(call_timeout=args.timeout), mode, progress,
+                       replay=bool(args.replay))
     except SubmissionError as error:
         return _fail(str(error))
     if show_progress:
@@ -105,8 +133,17 @@ def _grade(args: argparse.Namespace) -> int:
     renderers = {"text": render_text, "json": render_json, "gradescope": render_gradescope,
                  "junit": render_junit}
     print(renderers[args.format](report))
+    if args.format == "text":
+        # Learner history (hints, status) only for people reading the text
+        # report; CI formats leave the submission folder untouched.
+        from .status import after_grade
+
+        extra = after_grade(Path(args.path), report.to_dict(), rubric, save=not args.no_history)
+        if extra:
+            print("\n" + extra)
     if args.output:
-        Path(args.output).write_text(render_json(report) + "\n", encoding="utf-8")
+        saved = render_json if args.format == "text" else renderers[args.format]
+        Path(args.output).write_text(saved(report) + "\n", encoding="utf-8")
     if args.fail_under is not None and report.max_score:
         if 100.0 * report.score / report.max_score < args.fail_under:
             return EXIT_BELOW_THRESHOLD
@@ -132,6 +169,9 @@ def load_implementation(impl: str, module: str):
     """Import ``module`` from ``reference``, ``exercises`` or a submission folder path."""
     if impl == "exercises" and Path("exercises", f"{module}.py").is_file():
         impl = "exercises/"  # the learner's folder here, like `pplab grade`'s default
+    if impl == "reference" and not (REPO_ROOT / "reference").is_dir():
+        raise UsageError("--impl reference needs reference/, which only the instructor's copy has; "
+                         "use --impl exercises or a submission folder")
     if impl in ("reference", "exercises"):
         return importlib.import_module(f"{impl}.{module}")
     folder = Path(impl)
@@ -161,8 +201,9 @@ def _add_script(subparsers, name: str, module: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, add_help=False,
                                    description=f"{help_text}. Options after the command go to {module}.py; "
                                                "--impl reference|exercises|PATH picks whose code runs.")
-    parser.add_argument("--impl", default="reference",
-                        help="whose code to run: reference, exercises or a submission folder (default: reference)")
+    parser.add_argument("--impl", default=DEFAULT_IMPL,
+                        help=f"whose code to run: reference (instructors only), exercises or a submission "
+                             f"folder (default: {DEFAULT_IMPL})")
     parser.set_defaults(handler=lambda args: _run_script(module, args))
 
 
@@ -179,9 +220,11 @@ def _run_script(module: str, args: argparse.Namespace) -> int:
         if "prog" in inspect.signature(script.main).parameters:
             return int(script.main(args.rest, prog=f"pplab {args.command}") or 0)
         return int(script.main(args.rest) or 0)
-    except NotImplementedError:
-        return _fail(f"{module}.py from {args.impl} calls a function that is not implemented yet; "
-                     "finish it, or run with --impl reference")
+    except NotImplementedError as error:
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        advice = "finish it" + (", or run with --impl reference" if DEFAULT_IMPL == "reference" else "")
+        return _fail(f"{module}.py from {args.impl} calls {where.name}() in {Path(where.filename).name}, "
+                     f"which is not implemented yet; {advice}")
 
 
 def _add_run(subparsers) -> None:
@@ -198,7 +241,20 @@ def _run(args: argparse.Namespace) -> int:
         launcher = importlib.import_module("reference.pipeline_launch")
     except ImportError:
         launcher = importlib.import_module("exercises.pipeline_launch")
-    return int(launcher.main(args.rest) or 0)
+    rest = list(args.rest)
+    if DEFAULT_IMPL == "exercises":
+        impl = next((rest[i + 1] for i, arg in enumerate(rest[:-1]) if arg == "--impl"), None)
+        impl = next((arg.split("=", 1)[1] for arg in rest if arg.startswith("--impl=")), impl)
+        if impl == "reference":
+            return _fail("--impl reference needs reference/, which only the instructor's copy has; "
+                         "use --impl exercises or a submission folder")
+        if impl is None:
+            rest += ["--impl", "exercises"]
+    try:
+        return int(launcher.main(rest) or 0)
+    except NotImplementedError as error:
+        return _fail(f"a function the run needs is not implemented yet ({error}); finish schedules.py "
+                     "and pipeline_runtime.py first")
 
 
 # --- stubs --------------------------------------------------------------------
@@ -211,6 +267,9 @@ def _add_stubs(subparsers) -> None:
 
 
 def _stubs(args: argparse.Namespace) -> int:
+    if not (REPO_ROOT / "reference").is_dir():
+        return _fail("pplab stubs is for instructors: it regenerates exercises/ from reference/, which "
+                     "this copy does not have; your exercises/ is already the stubs")
     try:
         import nbgrader  # noqa: F401
     except ImportError:
@@ -243,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "memory, communication and the best parallel configurations for a model on a cluster")
     _add_run(subparsers)
     _add_stubs(subparsers)
+    from . import batch, bundle
+
+    batch.add_parser(subparsers)
+    bundle.add_parser(subparsers)
+    from . import golden, release, status
+
+    golden.add_parser(subparsers)
+    release.add_parser(subparsers)
+    status.add_parser(subparsers)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from .runner import ERROR, FAILED, NOT_IMPLEMENTED, PASSED, GradeReport
 
@@ -24,6 +25,8 @@ def _indent(text: str, prefix: str) -> str:
 def render_text(report: GradeReport) -> str:
     """Return the terminal report: per exercise and per check, points and first counterexample."""
     lines = [f"pplab grade {report.submission}"]
+    if report.secret:
+        lines.append(f"  official run: public examples plus the instructor's secret ones (key {report.secret})")
     if not report.official:
         if report.seed is not None:
             lines.append(f"  exploration run (seed {report.seed}); only the default run is an official grade")
@@ -49,6 +52,10 @@ def render_text(report: GradeReport) -> str:
                 lines.append(_indent(f"likely misconception: {r.misconception}", "        "))
             if r.status not in (PASSED, NOT_IMPLEMENTED) and r.output:
                 lines.append(_indent(f"your code printed:\n{r.output}", "        "))
+            if r.details:
+                lines.append("")
+                lines.append("\n".join("        " + line for line in r.details.splitlines()))
+                lines.append("")
 
     percent = 100.0 * report.score / report.max_score if report.max_score else 0.0
     counts = {status: sum(r.status == status for r in report.results) for status in MARKS}
@@ -65,27 +72,58 @@ def render_json(report: GradeReport) -> str:
     return json.dumps(report.to_dict(), indent=2, sort_keys=False)
 
 
-# Gradescope shows a test's output to students per its visibility: hidden
-# checks appear once the instructor publishes the grades.
+# Gradescope's results.json, as its autograder specification documents it
+# (docs/gradescope.md lists the fields and the pages they come from).
+# A test's "visibility" decides when students see it: hidden checks carry
+# points, so they use "after_published" rather than "hidden", and show once
+# the instructor publishes the grades.
 GRADESCOPE_VISIBILITY = {"visible": "visible", "hidden": "after_published"}
+# Messages hold schedule grids and learner values, so they are sent as plain
+# text: Gradescope renders "html", "md" and "simple_format" output as markup.
+GRADESCOPE_TEXT_FORMAT = "text"
 
 
-def _check_output(result) -> str:
+def _check_output(result, with_printed: bool = False) -> str:
     parts = [result.message] if result.message else []
     if result.misconception:
         parts.append(f"likely misconception: {result.misconception}")
+    if with_printed and result.status not in (PASSED, NOT_IMPLEMENTED) and result.output:
+        parts.append(f"your code printed:\n{result.output}")
     return "\n".join(parts)
+
+
+def _gradescope_summary(report: GradeReport) -> str:
+    """Return the top-level text students see at once: visible checks only.
+
+    Gradescope hides a student's total while tests are not yet visible to
+    them, so this text gives the visible checks' points and never the total.
+    """
+    visible = [r for r in report.results if r.visibility == "visible"]
+    lines = [f"Graded by pplab {report.environment.get('pplab', '')}."]
+    if visible:
+        lines.append(f"Visible checks: {_points(sum(r.score for r in visible))}/"
+                     f"{_points(sum(r.max_score for r in visible))} points.")
+    if len(visible) < len(report.results):
+        lines.append("Hidden checks and your total show once the grades are published.")
+    if not report.official:
+        lines.append("NOTE: not an official grade (a selection of checks or an exploration seed).")
+    return "\n".join(lines)
 
 
 def render_gradescope(report: GradeReport) -> str:
     """Return the report as a Gradescope autograder ``results.json``.
 
-    Fields: ``score``, ``execution_time`` (whole seconds), ``output`` and
-    ``tests``, each test with ``name``, ``number``, ``score``, ``max_score``,
-    ``status`` ("passed" or "failed"), ``output`` and ``visibility``.
-
-    NOTE: these fields follow Gradescope's autograder specification as
-    recalled, not as checked against its documentation or a real Gradescope run.
+    Top level: ``score`` (points, the sum of the tests' scores),
+    ``execution_time`` (whole seconds), ``output`` with its
+    ``output_format``, ``test_output_format``, ``stdout_visibility``
+    ("hidden": the grader's own log stays with the instructor),
+    ``extra_data`` (whether the run is official, and tool versions) and
+    ``tests``. Each test has ``name`` ("check id: title"), ``number``,
+    ``score``, ``max_score``, ``status`` ("passed" only at full marks, so
+    partial credit shows as failed), ``output`` and ``visibility``.
+    There is no top-level ``max_score``: Gradescope takes the assignment's
+    total from its own settings. ``grader/schemas/gradescope_results.schema.json``
+    describes the documented fields.
     """
     tests = []
     for index, result in enumerate(report.results, start=1):
@@ -95,31 +133,53 @@ def render_gradescope(report: GradeReport) -> str:
             "score": result.score,
             "max_score": result.max_score,
             "status": "passed" if result.status == PASSED else "failed",
-            "output": _check_output(result),
+            "output": _check_output(result, with_printed=True),
             "visibility": GRADESCOPE_VISIBILITY[result.visibility],
         })
     document = {
         "score": report.score,
         "execution_time": int(round(report.duration_s)),
-        "output": f"pplab {report.environment.get('pplab', '')}: {report.score:g}/{report.max_score:g}",
+        "output": _gradescope_summary(report),
+        "output_format": GRADESCOPE_TEXT_FORMAT,
+        "test_output_format": GRADESCOPE_TEXT_FORMAT,
+        "stdout_visibility": "hidden",
+        "extra_data": {"official": report.official,
+                       "seed": "derandomized" if report.seed is None else report.seed,
+                       "environment": dict(report.environment)},
         "tests": tests,
     }
     return json.dumps(document, indent=2)
 
 
+# Characters XML 1.0 cannot hold even escaped: C0 controls except tab,
+# newline and carriage return. A learner's value can contain them.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _XML_INVALID.sub("\ufffd", text)
+
+
 def render_junit(report: GradeReport) -> str:
-    """Return the report as JUnit XML: one test case per check, grouped by exercise."""
+    """Return the report as JUnit XML: one test case per check, grouped by exercise.
+
+    A failed or unimplemented check is a ``<failure>`` and a grader crash an
+    ``<error>``. ``failures`` and ``errors`` count them separately at both
+    levels. ``time`` is in seconds.
+    """
     import xml.etree.ElementTree as ElementTree
 
-    suites = ElementTree.Element("testsuites", name="pplab", tests=str(len(report.results)),
-                                 failures=str(sum(r.status != PASSED for r in report.results)),
-                                 time=f"{report.duration_s:.3f}")
+    suites = ElementTree.Element(
+        "testsuites", name="pplab", tests=str(len(report.results)),
+        failures=str(sum(r.status in (FAILED, NOT_IMPLEMENTED) for r in report.results)),
+        errors=str(sum(r.status == ERROR for r in report.results)),
+        time=f"{report.duration_s:.3f}")
     for key, title in report.exercises.items():
         results = [r for r in report.results if r.exercise == key]
         if not results:
             continue
         suite = ElementTree.SubElement(
-            suites, "testsuite", name=title, tests=str(len(results)),
+            suites, "testsuite", name=_xml_text(title), tests=str(len(results)),
             failures=str(sum(r.status in (FAILED, NOT_IMPLEMENTED) for r in results)),
             errors=str(sum(r.status == ERROR for r in results)),
             time=f"{sum(r.duration_s for r in results):.3f}")
@@ -130,7 +190,7 @@ def render_junit(report: GradeReport) -> str:
                 continue
             tag = "error" if result.status == ERROR else "failure"
             summary = f"{result.score:g}/{result.max_score:g} points: " + (result.message.splitlines() or [""])[0]
-            element = ElementTree.SubElement(case, tag, message=summary[:500], type=result.status)
-            element.text = _check_output(result)
+            element = ElementTree.SubElement(case, tag, message=_xml_text(summary[:500]), type=result.status)
+            element.text = _xml_text(_check_output(result, with_printed=True))
     ElementTree.indent(suites)
     return ElementTree.tostring(suites, encoding="unicode", xml_declaration=True)

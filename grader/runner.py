@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import os
 import platform
 import sys
 import time
@@ -11,9 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .checking import REGISTRY, CheckFailed, ExplorationMode, set_mode
+from .checking import (REGISTRY, CheckFailed, ExplorationMode, collect_reports, on_example_start,
+                       set_mode)
+from .replay import CallLog, describe
 from .rubric import Rubric, load_rubric
-from .sandbox import Limits, SubmissionAborted, Worker
+from .sandbox import Limits, SubmissionAborted, Worker, describe_isolation, fork_server
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,7 @@ class CheckResult:
     message: str = ""
     misconception: str | None = None
     output: str = ""
+    details: str = ""
     duration_s: float = 0.0
 
 
@@ -52,6 +58,7 @@ class GradeReport:
     environment: dict[str, str] = field(default_factory=dict)
     official: bool = True
     seed: int | None = None
+    secret: str | None = None
     duration_s: float = 0.0
 
     @property
@@ -69,6 +76,7 @@ class GradeReport:
             "max_score": self.max_score,
             "official": self.official,
             "seed": "derandomized" if self.seed is None else self.seed,
+            "secret_examples": self.secret,
             "exercises": [
                 {"id": key, "title": title,
                  "score": sum(r.score for r in self.results if r.exercise == key),
@@ -82,6 +90,14 @@ class GradeReport:
         }
 
 
+SECRET_ENV = "PPLAB_SECRET_SEED"
+
+
+def secret_seed(text: str) -> int:
+    """Turn an instructor's secret (any text) into a hypothesis seed."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
 def environment() -> dict[str, str]:
     """Versions that decide which examples run and how they are scored."""
     import hypothesis
@@ -92,6 +108,7 @@ def environment() -> dict[str, str]:
     torch = sys.modules.get("torch")
     if torch is not None:
         versions["torch"] = torch.__version__
+    versions["workers"] = describe_isolation()
     return versions
 
 
@@ -120,18 +137,34 @@ def validate_submission(path: Path, rubric: Rubric) -> Path:
 
 
 def run_check(entry, submission: Path, limits: Limits,
-              import_failures: dict[str, SubmissionAborted] | None = None) -> CheckResult:
-    """Run one check in a fresh worker and turn its outcome into a result."""
+              import_failures: dict[str, SubmissionAborted] | None = None,
+              replay: bool = False, worker: Worker | None = None) -> CheckResult:
+    """Run one check in a fresh worker and turn its outcome into a result.
+
+    With ``replay`` the result's ``details`` explain a failure step by step
+    (counterexample, last calls, traceback, a line to rerun it). ``worker``
+    is a fresh worker started in advance for this check (closed here); by
+    default one is started now.
+    """
     check = REGISTRY[entry.id]
     started = time.monotonic()
     result = CheckResult(entry.id, entry.exercise, entry.title, FAILED, 0.0, entry.points,
                          entry.visibility)
-    worker = None
+    log = None
+    reported: list[str] = []
+    if replay:
+        collect_reports(reported)
     try:
-        worker = Worker(submission, limits, import_failures)
-        check.body(worker)
+        if worker is None:
+            worker = Worker(submission, limits, import_failures)
+        log = CallLog(worker) if replay else None
+        if log is not None:
+            on_example_start(log.new_example)
+        check.body(log or worker)
         result.status, result.score = PASSED, entry.points
     except CheckFailed as failure:
+        # Recent hypothesis versions attach the falsifying example as notes.
+        reported.extend(getattr(failure, "__notes__", []))
         result.message = failure.message
         result.misconception = failure.misconception
         result.score = round(entry.points * failure.credit, 3)
@@ -143,12 +176,25 @@ def run_check(entry, submission: Path, limits: Limits,
         result.status = ERROR
         result.message = f"the grader failed while running this check: {type(error).__name__}: {error}"
     finally:
+        collect_reports(None)
+        on_example_start(None)
         if worker is not None:
             if result.status != PASSED:
                 result.output = worker.output_tail()
             worker.close()
+        if log is not None and result.status != PASSED:
+            result.details = describe(log, reported)
     result.duration_s = round(time.monotonic() - started, 3)
     return result
+
+
+def _start_worker(submission: Path, limits: Limits,
+                  import_failures: dict[str, SubmissionAborted]) -> Worker | None:
+    """Start a worker ahead of time, or return None (run_check then starts one and reports why)."""
+    try:
+        return Worker(submission, limits, import_failures)
+    except Exception:  # noqa: BLE001 - reported by run_check, which tries again
+        return None
 
 
 def grade(
@@ -157,11 +203,15 @@ def grade(
     limits: Limits = Limits(),
     mode: ExplorationMode = ExplorationMode(),
     progress: Callable[[CheckResult, int, int], None] | None = None,
+    replay: bool = False,
 ) -> GradeReport:
     """Grade ``submission`` against ``rubric`` and return the report.
 
     Raises SubmissionError when the folder is missing or lacks a module.
     """
+    # Start the fork servers first: torch warms up in them while the checks
+    # (and the reference, with torch) import here.
+    fork_server()
     from . import checks  # noqa: F401  (registers every check)
 
     rubric = rubric or load_rubric()
@@ -170,17 +220,28 @@ def grade(
         raise SubmissionError(f"the rubric names checks that do not exist: {', '.join(unknown)}")
     submission = validate_submission(Path(submission), rubric)
 
+    secret = os.environ.get(SECRET_ENV, "").strip()
+    if secret and mode.seed is None and mode.secret is None:
+        mode = dataclasses.replace(mode, secret=secret_seed(secret))
     set_mode(mode)
     started = time.monotonic()
     results = []
     import_failures: dict[str, SubmissionAborted] = {}
+    ready: Worker | None = None
     try:
         for index, entry in enumerate(rubric.checks):
-            result = run_check(entry, submission, limits, import_failures)
+            worker, ready = ready, None
+            if index + 1 < len(rubric.checks):
+                # The next check's worker starts now, alongside this check. It
+                # runs no submission code until that check asks it to.
+                ready = _start_worker(submission, limits, import_failures)
+            result = run_check(entry, submission, limits, import_failures, replay, worker)
             results.append(result)
             if progress is not None:
                 progress(result, index + 1, len(rubric.checks))
     finally:
+        if ready is not None:
+            ready.close()
         set_mode(ExplorationMode())
     return GradeReport(
         submission=str(submission),
@@ -189,5 +250,6 @@ def grade(
         environment=environment(),
         official=mode.seed is None and mode.example_scale == 1.0 and not mode.subset,
         seed=mode.seed,
+        secret=None if mode.secret is None else hashlib.sha256(str(mode.secret).encode()).hexdigest()[:12],
         duration_s=round(time.monotonic() - started, 3),
     )

@@ -16,6 +16,7 @@ implemented, an import that fails, a timeout, a worker that died.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import io
 import json
@@ -25,10 +26,12 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,9 +160,13 @@ def decode_value(value: Any) -> Any:
 
 
 def _short_repr(value: Any) -> str:
-    """Show an argument in a message: a spec by its type and name, anything long cut short."""
+    """Show an argument in a message: a spec by its type and name, arrays and lists by their size."""
     if isinstance(value, tuple) and hasattr(value, "_fields") and "name" in value._fields:
         return f"{type(value).__name__}({getattr(value, 'name')!r})"
+    if isinstance(value, np.ndarray):
+        return f"<{'x'.join(map(str, value.shape)) or 'scalar'} {value.dtype} array>"
+    if isinstance(value, list) and len(repr(value)) > 60:
+        return f"<list of {len(value)}>"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -203,6 +210,299 @@ def _worker_environment() -> dict[str, str]:
     return env
 
 
+def _limits_dict(limits: Limits) -> dict[str, int | None]:
+    return {"address_space": limits.address_space, "cpu_seconds": limits.cpu_seconds,
+            "file_size": limits.file_size, "processes": limits.processes}
+
+
+UNPRIVILEGED = (65534, 65534)  # "nobody" on Linux
+# Workers run under uids from this range (no accounts), one per worker.
+WORKER_UID_BASE, WORKER_UID_SPAN = 2_000_000, 1_000_000
+
+
+def hidden_paths() -> list[str]:
+    """Folders a worker in its own mount namespace must not see.
+
+    The folder holding the grader and the reference (the repository, for an
+    editable install; the two packages alone, for an install into
+    site-packages), the temporary folder (other submissions, reports,
+    sample solutions) and /dev/shm.
+    """
+    package = Path(__file__).resolve().parent
+    root = package.parent
+    if root.name in ("site-packages", "dist-packages"):
+        hidden = [str(package), str(root / "reference")]
+    else:
+        hidden = [str(root)]
+    return hidden + [tempfile.gettempdir(), "/dev/shm"]
+
+
+def kept_paths(*extra: Path) -> list[str]:
+    """Paths inside hidden folders that workers still need: the Python environment, ``extra``."""
+    hidden = [Path(p) for p in hidden_paths()]
+    kept = []
+    for path in (Path(sys.prefix), Path(sys.base_prefix), *extra):
+        path = path.resolve()
+        if any(path == h or h in path.parents for h in hidden) and str(path) not in kept:
+            kept.append(str(path))
+    return kept
+
+
+class _ServerProcess:
+    """One fork server process and the socket the grader talks to it over."""
+
+    def __init__(self, preload: bool, cwd: str):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.socket = ours
+        self.lock = threading.Lock()
+        self.ready = not preload
+        command = [sys.executable, "-I", "-u", str(CHILD_SCRIPT), "--fork-server", str(theirs.fileno())]
+        self.process = subprocess.Popen(
+            command + (["--preload"] if preload else []),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(theirs.fileno(),), cwd=cwd, env=_worker_environment(), start_new_session=True,
+        )
+        theirs.close()
+
+    def poll_ready(self) -> bool:
+        """Whether the server has finished preloading (it says so once, unasked)."""
+        if not self.ready:
+            with self.lock:
+                readable, _, _ = select.select([self.socket], [], [], 0)
+                if readable:
+                    message = self.socket.recv(1 << 16)
+                    self.ready = bool(message) and json.loads(message).get("ready") is True
+        return self.ready
+
+    def ask(self, request: dict, fds: tuple[int, ...] = (), reply: bool = True) -> dict:
+        if not self.ready and request.get("op") != "probe_namespaces" and request.get("op") != "probe":
+            self.poll_ready()
+        data = json.dumps({**request, "reply": reply}).encode("utf-8")
+        with self.lock:
+            if fds:
+                socket.send_fds(self.socket, [data], list(fds))
+            else:
+                self.socket.send(data)
+            if not reply:
+                return {}
+            answer = self.socket.recv(1 << 20)
+            while answer and not self.ready and json.loads(answer).get("ready") is True:
+                self.ready = True
+                answer = self.socket.recv(1 << 20)
+        if not answer:
+            raise OSError("the fork server exited")
+        return json.loads(answer)
+
+    def close(self) -> None:
+        self.socket.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+class ForkServer:
+    """Clean processes that fork sandboxed workers on request.
+
+    Starting Python and importing numpy and torch takes one to three seconds,
+    and torch's first forward and backward pass about one more; forking a
+    process that has done both takes milliseconds. Two servers
+    (``_sandbox_child.py --fork-server``) start side by side: a light one
+    with numpy only, ready at once, and a full one that imports torch and
+    runs a tiny training step first. Workers come from the full one as soon
+    as it is ready. Neither runs submission code: each forked child sets its
+    own session, limits and user before it loads the submission. Both are
+    child subreapers, so processes that escape their worker's session end up
+    as their children and die when the worker is released.
+    """
+
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+        self._cwd = tempfile.TemporaryDirectory(prefix="pplab-forkserver-")
+        self._full = _ServerProcess(preload=True, cwd=self._cwd.name)
+        self._light = _ServerProcess(preload=False, cwd=self._cwd.name)
+        self.process = self._full.process
+        self.processes = (self._full.process, self._light.process)
+        self._spawned_by: dict[int, _ServerProcess] = {}
+        self._uid_counter = 0
+        self._user_chosen = False
+        self._user: tuple[int, int] | None = None
+        self._namespaces = False
+        self._user_note = ""
+
+    # The user and namespaces are chosen on first use, so that starting the
+    # servers never waits for them.
+
+    def _ensure_user(self) -> None:
+        if not self._user_chosen:
+            self._user_chosen = True
+            self._user = self._choose_user()
+
+    @property
+    def user(self) -> tuple[int, int] | None:
+        self._ensure_user()
+        return self._user
+
+    @property
+    def namespaces(self) -> bool:
+        self._ensure_user()
+        return self._namespaces
+
+    @property
+    def user_note(self) -> str:
+        self._ensure_user()
+        return self._user_note
+
+    def _ask(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
+        return self._light.ask(request, fds)
+
+    def _choose_user(self) -> tuple[int, int] | None:
+        """Pick the user (and, as root, the namespaces) workers run with.
+
+        As root, each worker gets private mount, network and pid namespaces
+        (the grader's folders and /tmp hidden, loopback only, no other
+        processes visible) and runs as an unprivileged uid of its own with
+        only the right to read files. Where namespaces are unavailable (a
+        container without CAP_SYS_ADMIN), workers drop root only when an
+        unprivileged user can read the Python installation, and otherwise
+        stay root; the report says which.
+        ``PPLAB_SANDBOX_USER=keep`` never switches user; ``PPLAB_SANDBOX_USER=nobody``
+        switches without namespaces and without checking first.
+        """
+        choice = os.environ.get("PPLAB_SANDBOX_USER", "auto")
+        if os.geteuid() != 0 or choice == "keep":
+            self._user_note = f"uid {os.geteuid()} (the grader's own user)"
+            return None
+        if choice == "nobody":
+            self._user_note = "an unprivileged uid per worker"
+            return UNPRIVILEGED
+        import numpy
+
+        readable = [sys.executable, os.path.dirname(os.__file__), os.path.dirname(numpy.__file__)]
+        problem = self._ask({"op": "probe_namespaces", "hide": hidden_paths(), "keep": kept_paths(),
+                             "user": list(UNPRIVILEGED), "paths": readable})["problem"]
+        if problem is None:
+            self._namespaces = True
+            self._user_note = ("an unprivileged uid per worker, in private mount, network and pid "
+                              "namespaces")
+            return UNPRIVILEGED
+        logger.info("worker namespaces unavailable: %s", problem)
+        unreadable = self._ask({"op": "probe", "uid": UNPRIVILEGED[0], "gid": UNPRIVILEGED[1],
+                                "paths": readable + [str(CHILD_SCRIPT), tempfile.gettempdir()]})["unreadable"]
+        if unreadable:
+            self._user_note = (f"uid 0 (root), no namespaces ({problem}); user {UNPRIVILEGED[0]} "
+                              f"cannot read {', '.join(unreadable)}; see docs/isolation.md")
+            logger.info("sandboxed workers run as %s", self.user_note)
+            return None
+        self._user_note = f"an unprivileged uid per worker, no namespaces ({problem})"
+        return UNPRIVILEGED
+
+    def worker_user(self) -> tuple[int, int] | None:
+        """The uid/gid for the next worker: a fresh unused uid each time once root is dropped.
+
+        Separate uids keep concurrent workers from signalling each other or
+        touching each other's files, and make RLIMIT_NPROC count one
+        worker's processes only. The uids have no account; the kernel needs none.
+        """
+        if self.user is None:
+            return None
+        self._uid_counter = (self._uid_counter + 1) % WORKER_UID_SPAN
+        uid = WORKER_UID_BASE + (os.getpid() * 7919 + self._uid_counter) % WORKER_UID_SPAN
+        return uid, uid
+
+    def alive(self) -> bool:
+        return self.owner == os.getpid() and all(p.poll() is None for p in self.processes)
+
+    def spawn(self, fd_in: int, fd_out: int, **request: Any) -> int:
+        """Fork a worker that serves ``fd_in``/``fd_out``; return its pid."""
+        server = self._full if self._full.poll_ready() else self._light
+        pid = int(server.ask({"op": "spawn", **request}, (fd_in, fd_out))["pid"])
+        self._spawned_by[pid] = server
+        return pid
+
+    def status(self, pid: int, timeout: float) -> int | None:
+        """Exit status of worker ``pid`` (negative: killed by that signal), or None while it runs."""
+        try:
+            return self._spawned_by[pid].ask({"op": "status", "pid": pid, "timeout": timeout})["status"]
+        except (OSError, KeyError):
+            return None
+
+    def release(self, pid: int) -> None:
+        """Have the server reap worker ``pid`` (already killed) and kill whatever escaped from it.
+
+        The grader does not wait: the server does this while the next check runs.
+        """
+        server = self._spawned_by.pop(pid, None)
+        if server is None:
+            return
+        try:
+            server.ask({"op": "release", "pid": pid}, reply=False)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for server in (self._full, self._light):
+            server.close()
+        self._cwd.cleanup()
+
+
+_FORK_SERVER: ForkServer | None = None
+_FORK_SERVER_LOCK = threading.Lock()
+
+
+def fork_server() -> ForkServer | None:
+    """The process-wide fork server, started on first use; None where workers are spawned instead.
+
+    Set ``PPLAB_SANDBOX=spawn`` to start every worker as a new Python
+    process (slower, no shared imports).
+    """
+    global _FORK_SERVER
+    if os.environ.get("PPLAB_SANDBOX", "fork") == "spawn" or not hasattr(socket, "send_fds"):
+        return None
+    with _FORK_SERVER_LOCK:
+        if _FORK_SERVER is None or not _FORK_SERVER.alive():
+            _FORK_SERVER = ForkServer()
+            atexit.register(_FORK_SERVER.close)
+        return _FORK_SERVER
+
+
+def describe_isolation() -> str:
+    """One line for reports: how workers start and which user they run as."""
+    server = fork_server()
+    if server is None:
+        return f"a new Python process per check, uid {os.geteuid()}"
+    return f"forked per check from a clean server, {server.user_note}"
+
+
+class _ForkedProcess:
+    """The part of ``subprocess.Popen``'s interface the worker uses, for a forked worker."""
+
+    def __init__(self, server: ForkServer, pid: int):
+        self.server = server
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.server.status(self.pid, 0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self.server.status(self.pid, 10 if timeout is None else timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired("worker", timeout or 0)
+        return self.returncode
+
+
+def _give_to(path: Path, user: tuple[int, int] | None) -> None:
+    """Make ``path`` and everything under it belong to ``user`` (no-op for None)."""
+    if user is None:
+        return
+    for item in [path, *path.rglob("*")]:
+        os.chown(item, *user)
+
+
 class Worker:
     """One sandboxed process running a submission; use as a context manager."""
 
@@ -226,17 +526,34 @@ class Worker:
 
         request_read, self._request_write = os.pipe()
         self._response_read, response_write = os.pipe()
-        with open(self._stdout_path, "wb") as out, open(self._stderr_path, "wb") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", "-u", str(CHILD_SCRIPT), str(self.package_dir),
-                 str(request_read), str(response_write)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                pass_fds=(request_read, response_write),
-                cwd=self.home, env=_worker_environment(),
-                preexec_fn=lambda: _set_limits(limits),
-            )
-        os.close(request_read)
-        os.close(response_write)
+        try:
+            server = fork_server()
+            if server is not None:
+                main_script = root / "worker_main.py"
+                shutil.copyfile(CHILD_SCRIPT, main_script)
+                user = server.worker_user()
+                _give_to(root, user)
+                pid = server.spawn(
+                    request_read, response_write, submission_dir=str(self.package_dir),
+                    home=str(self.home), stdout=str(self._stdout_path), stderr=str(self._stderr_path),
+                    limits=_limits_dict(limits), env={**_worker_environment(), "HOME": str(self.home)},
+                    user=user, namespaces=server.namespaces, hide=hidden_paths(),
+                    keep=kept_paths(root), main_script=str(main_script),
+                )
+                self.process = _ForkedProcess(server, pid)
+            else:
+                with open(self._stdout_path, "wb") as out, open(self._stderr_path, "wb") as err:
+                    self.process = subprocess.Popen(
+                        [sys.executable, "-I", "-u", str(CHILD_SCRIPT), str(self.package_dir),
+                         str(request_read), str(response_write)],
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                        pass_fds=(request_read, response_write),
+                        cwd=self.home, env={**_worker_environment(), "HOME": str(self.home)},
+                        preexec_fn=lambda: _set_limits(limits),
+                    )
+        finally:
+            os.close(request_read)
+            os.close(response_write)
 
     def __enter__(self) -> "Worker":
         return self
@@ -245,11 +562,13 @@ class Worker:
         self.close()
 
     def close(self) -> None:
-        """Kill the worker's whole process group and remove its files."""
+        """Kill the worker's whole process group (and anything that escaped it) and remove its files."""
         if self.process.poll() is None:
             self._kill()
         else:
             self._kill_group()
+        if isinstance(self.process, _ForkedProcess):
+            self.process.server.release(self.process.pid)
         for fd in (self._request_write, self._response_read):
             try:
                 os.close(fd)
@@ -258,10 +577,12 @@ class Worker:
         self._tmp.cleanup()
 
     def _kill_group(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # The worker may not have started its own session yet: kill it by pid too.
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def _kill(self) -> None:
         self._kill_group()
@@ -302,9 +623,8 @@ class Worker:
 
     def call(self, module: str, function: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``exercises.<module>.<function>(*args, **kwargs)`` and return its decoded value."""
-        shown = ", ".join([_short_repr(a) for a in args if not isinstance(a, (list, np.ndarray))]
-                          + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()
-                             if not isinstance(v, (list, np.ndarray))])
+        shown = ", ".join([_short_repr(a) for a in args]
+                          + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()])
         label = f"{function}({shown})"
         request = {"op": "call", "module": module, "function": function,
                    "args": encode_argument(list(args)), "kwargs": encode_argument(dict(kwargs))}
@@ -342,6 +662,9 @@ class Worker:
         if error == "OSError" and "File too large" in message:
             self._abort("bad_output", f"{label} wrote more than {self.limits.file_size // 2**20} MiB "
                                       "(printed output counts); remove debug prints")
+        if "BlockingIOError" in mro and "temporarily unavailable" in message.lower():
+            self._abort("crashed", f"{label} could not start another process or thread: the worker may "
+                                   f"run at most {self.limits.processes} (raised {error}: {message})")
         if error in ("SystemExit", "KeyboardInterrupt"):
             self._abort("crashed", f"{label} raised {error} ({message or 'no message'}); "
                                    "submissions must return values, not exit")

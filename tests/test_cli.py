@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -140,3 +141,79 @@ def test_grade_ci_formats(fmt, check_text):
     run = pplab("grade", "reference", "--check", "exercise_1.gpipe", "--format", fmt)
     assert run.returncode == 0, run.stderr
     assert check_text in run.stdout
+
+
+def test_replay_shows_counterexample_calls_and_rerun_line(sample_dirs):
+    import re
+
+    folder = str(sample_dirs["warmup_p_minus_rank"])
+    run = pplab("grade", folder, "--replay", "schedules.one_f_one_b")
+    assert run.returncode == 0, run.stderr
+    assert "Counterexample found by hypothesis" in run.stdout
+    # The shrunk example in the message, the hypothesis note and the rerun line agree.
+    stages, microbatches = re.search(r"for P=(\d+), M=(\d+)", run.stdout).groups()
+    assert f"num_stages={stages}," in run.stdout and f"num_microbatches={microbatches}," in run.stdout
+    assert f"print(schedules.one_f_one_b({stages}, {microbatches}))" in run.stdout
+    assert "Last calls into your code" in run.stdout
+
+
+def test_replay_shows_the_submissions_traceback(tmp_path):
+    folder = tmp_path / "submission"
+    shutil.copytree(ROOT / "reference", folder)
+    source = (folder / "schedules.py").read_text()
+    marker = "def gpipe(num_stages: int, num_microbatches: int) -> Schedule:\n"
+    assert marker in source
+    (folder / "schedules.py").write_text(source.replace(
+        marker, marker + "    if num_microbatches > 3:\n        raise IndexError('microbatch out of range')\n", 1))
+    run = pplab("grade", str(folder), "--replay", "schedules.gpipe")
+    assert run.returncode == 0, run.stderr
+    assert "Your code raised IndexError: microbatch out of range" in run.stdout
+    assert "schedules.py" in run.stdout and "gpipe(" in run.stdout
+    assert "Counterexample" not in pplab("grade", str(ROOT / "reference"), "--replay", "schedules.gpipe").stdout
+
+
+def test_list_as_json_matches_the_rubric():
+    from grader.rubric import load_rubric
+
+    run = pplab("grade", "--list", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    listed = json.loads(run.stdout)
+    rubric = load_rubric()
+    assert [c["id"] for c in listed] == [e.id for e in rubric.checks]
+    assert sum(c["points"] for c in listed) == sum(e.points for e in rubric.checks)
+
+
+def test_secret_examples_defeat_a_table_of_public_answers(tmp_path):
+    # A "submission" that only knows the answers to the public (golden)
+    # examples of schedules.gpipe: derandomised grading alone passes it, the
+    # instructor's secret examples do not.
+    golden = json.loads((ROOT / "datasets" / "golden" / "visible.json").read_text())
+    table = {}
+    for step in golden["checks"]["schedules.gpipe"]["interactions"]:
+        if step.get("op") == "call":
+            table[tuple(step["args"])] = [[(f[0][1], f[1][1], f[2][1]) for f in
+                                           (action["fields"] for action in rank)] for rank in step["returns"]]
+    folder = tmp_path / "table"
+    shutil.copytree(ROOT / "exercises", folder)
+    source = (folder / "schedules.py").read_text()
+    (folder / "schedules.py").write_text(source + f"\n\n_TABLE = {table!r}\n\n\ndef gpipe(num_stages, num_microbatches):\n"
+                                         "    rows = _TABLE.get((num_stages, num_microbatches), [])\n"
+                                         "    return [[Action(*a) for a in rank] for rank in rows]\n")
+    public = pplab("grade", str(folder), "--check", "schedules.gpipe", "--format", "json", "--no-history")
+    assert public.returncode == 0, public.stderr
+    assert json.loads(public.stdout)["score"] == 2
+
+    env = dict(os.environ, PPLAB_SECRET_SEED="instructor secret for tests")
+    secret = subprocess.run([sys.executable, "-m", "grader.cli", "grade", str(folder), "--check", "schedules.gpipe",
+                             "--format", "json", "--no-history"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert secret.returncode == 0, secret.stderr
+    report = json.loads(secret.stdout)
+    assert report["score"] == 0
+    assert report["secret_examples"] and "instructor" not in report["secret_examples"]
+
+    # The reference still gets full marks with the secret examples.
+    reference = subprocess.run([sys.executable, "-m", "grader.cli", "grade", "reference", "--check", "schedules.gpipe",
+                                "--format", "json", "--no-history"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=600, env=env)
+    assert json.loads(reference.stdout)["score"] == 2

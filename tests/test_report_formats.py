@@ -14,7 +14,8 @@ from conftest import TEST_LIMITS
 
 CHECKS = ["schedules.one_f_one_b", "schedules.zero_bubble_h1", "bubbles.bubble_fraction", "exercise_1.gpipe"]
 # The results.json fields pplab writes, top level and per test, with their types.
-TOP_LEVEL = {"score": (int, float), "execution_time": int, "output": str, "tests": list}
+TOP_LEVEL = {"score": (int, float), "execution_time": int, "output": str, "tests": list,
+             "output_format": str, "test_output_format": str, "stdout_visibility": str, "extra_data": dict}
 PER_TEST = {"name": str, "number": str, "score": (int, float), "max_score": (int, float),
             "status": str, "output": str, "visibility": str}
 VISIBILITIES = {"hidden", "after_due_date", "after_published", "visible"}

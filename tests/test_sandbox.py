@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -166,20 +167,44 @@ def test_printing_does_not_corrupt_answers(tmp_path):
         assert '{"score": 100}' in worker.output_tail()
 
 
+def processes_with(marker: str) -> list[int]:
+    """Pids (as this process sees them) whose command line contains ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if marker.encode() in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def wait_until_gone(marker: str, seconds: float = 5.0) -> list[int]:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return processes_with(marker)
+
+
 def test_worker_process_group_is_killed(tmp_path):
-    folder = make_submission(tmp_path, """
+    # Pids differ inside a worker's pid namespace, so the child is found by a
+    # unique marker on its command line.
+    marker = f"pplab-test-sleeper-{os.getpid()}-{tmp_path.name}"
+    folder = make_submission(tmp_path, f"""
         import subprocess, sys
         def spawn():
-            return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]).pid
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", {marker!r}])
+            return 1
     """)
     worker = Worker(folder, LIMITS)
-    child = worker.call("mod", "spawn")
+    assert worker.call("mod", "spawn") == 1
+    assert processes_with(marker), "the sleeper did not start"
     worker.close()
-    with pytest.raises(ProcessLookupError):
-        for _ in range(50):
-            os.kill(child, 0)
-            import time
-            time.sleep(0.1)
+    assert wait_until_gone(marker) == []
 
 
 def test_named_tuple_arguments_become_submission_classes(tmp_path):
@@ -214,3 +239,115 @@ def test_named_tuple_arguments_become_submission_classes(tmp_path):
     assert is_own_class is True
     assert doubled == 6
     assert other_layers == 5
+
+
+def test_escaped_daemon_is_killed_with_its_worker(tmp_path):
+    # A double fork with setsid leaves the worker's process group; the fork
+    # server (or the worker's pid namespace) still takes it down with the worker.
+    marker = f"pplab-test-daemon-{os.getpid()}-{tmp_path.name}"
+    folder = make_submission(tmp_path, f"""
+        import os, subprocess, sys, time
+        def escape():
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(20)", {marker!r}])
+                os._exit(0)
+            time.sleep(0.5)
+            return 1
+    """)
+    from grader.sandbox import fork_server
+
+    if fork_server() is None:
+        pytest.skip("workers are spawned, not forked (PPLAB_SANDBOX=spawn)")
+    worker = Worker(folder, LIMITS)
+    assert worker.call("mod", "escape") == 1
+    assert processes_with(marker), "the daemon did not start"
+    worker.close()
+    assert wait_until_gone(marker) == [], "the daemon outlived its worker"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can switch workers to another user")
+def test_root_grader_runs_workers_unprivileged(tmp_path, monkeypatch):
+    import grader.sandbox as sandbox
+
+    protected = tmp_path / "protected"
+    protected.mkdir(mode=0o755)
+    secret = protected / "secret.txt"
+    secret.write_text("answers")
+    secret.chmod(0o600)
+    folder = make_submission(tmp_path, f"""
+        import os
+        def who():
+            return os.getuid()
+        def attempt(path, mode):
+            try:
+                with open(path, mode) as handle:
+                    if mode == "w":
+                        handle.write("overwritten")
+                    else:
+                        handle.read()
+            except PermissionError:
+                return "denied"
+            return "allowed"
+    """)
+    monkeypatch.setenv("PPLAB_SANDBOX_USER", "nobody")
+    monkeypatch.setenv("PPLAB_SANDBOX", "fork")
+    server = sandbox.ForkServer()
+    monkeypatch.setattr(sandbox, "_FORK_SERVER", server)
+    try:
+        with Worker(folder, LIMITS) as worker:
+            assert worker.call("mod", "who") >= sandbox.WORKER_UID_BASE
+            assert worker.call("mod", "attempt", str(secret), "r") == "denied"
+            assert worker.call("mod", "attempt", str(protected / "new.txt"), "w") == "denied"
+            assert worker.call("mod", "attempt", "own.txt", "w") == "allowed"
+    finally:
+        server.close()
+    assert secret.read_text() == "answers"
+    assert not (protected / "new.txt").exists()
+
+
+def test_root_grader_hides_its_files_network_and_processes(tmp_path):
+    import socket
+
+    import grader.sandbox as sandbox
+
+    server = sandbox.fork_server()
+    if server is None or not server.namespaces:
+        pytest.skip("workers do not get namespaces here (not root, or no CAP_SYS_ADMIN)")
+    reference = Path(__file__).resolve().parents[1] / "reference" / "schedules.py"
+    shared = Path(tempfile.gettempdir()) / f"pplab-visible-{os.getpid()}.txt"
+    shared.write_text("grader file")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    folder = make_submission(tmp_path, f"""
+        import os, socket
+        def look():
+            seen = {{}}
+            seen["reference"] = os.path.exists({str(reference)!r})
+            seen["shared_tmp"] = os.path.exists({str(shared)!r})
+            seen["grader_pid"] = os.path.exists("/proc/{os.getpid()}")
+            seen["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())[:3]
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=1).close()
+                seen["port"] = True
+            except OSError:
+                seen["port"] = False
+            with open("/tmp/left-behind.txt", "w") as handle:
+                handle.write("x")
+            return seen
+    """)
+    try:
+        with Worker(folder, LIMITS) as worker:
+            seen = worker.call("mod", "look")
+    finally:
+        listener.close()
+        shared.unlink()
+    assert seen["reference"] is False
+    assert seen["shared_tmp"] is False
+    assert seen["grader_pid"] is False
+    assert seen["pids"][0] == 1  # its own pid namespace
+    assert seen["port"] is False
+    assert not (Path(tempfile.gettempdir()) / "left-behind.txt").exists()

@@ -383,9 +383,23 @@ def _describe_status(status: Any, world_size: int, now: float) -> list[str]:
     return lines
 
 
+def _start_method(backend: str) -> str:
+    """How rank processes start: forked on CPU (torch is already imported), spawned for CUDA.
+
+    CUDA cannot be used in a forked child, so NCCL runs always spawn.
+    ``PPLAB_START_METHOD`` overrides the choice.
+    """
+    chosen = os.environ.get("PPLAB_START_METHOD")
+    if chosen:
+        return chosen
+    if backend == "nccl" or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return "fork"
+
+
 def _spawn_and_collect(specs: list[RunSpec], num_stages: int, options: dict[str, Any],
                        timeout: float) -> list[list[dict[str, Any]]]:
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(_start_method(options["backend"]))
     results = context.Queue()
     status = context.Array("c", STATUS_BYTES * num_stages, lock=False)
     with tempfile.TemporaryDirectory(prefix="pplab-rdzv-") as tmp:
@@ -406,6 +420,33 @@ def _spawn_and_collect(specs: list[RunSpec], num_stages: int, options: dict[str,
             results.close()
 
 
+# Words of the error a rank gets when its peer has died: a consequence, not a cause.
+PEER_FAILURE_WORDS = ("Connection closed by peer", "remote worker crashing", "Connection reset by peer",
+                      "Broken pipe")
+CAUSE_GRACE_S = 1.0
+
+
+def _first_cause(rank: int, payload: str, results: Any) -> tuple[int, str]:
+    """Pick the error that started a failure: wait briefly for other ranks' errors.
+
+    When one rank raises, its peers fail soon after because the connection
+    to it closed, and their reports can arrive first. An error that does not
+    read like a dead peer wins; among equals, the lowest rank.
+    """
+    errors = {rank: payload}
+    deadline = time.monotonic() + CAUSE_GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            other, kind, text = results.get(timeout=0.05)
+        except queue_module.Empty:
+            continue
+        if kind == "error":
+            errors[other] = text
+    causes = [r for r, text in errors.items() if not any(word in text for word in PEER_FAILURE_WORDS)]
+    chosen = min(causes or errors)
+    return chosen, errors[chosen]
+
+
 def _collect(processes: list, results: Any, status: Any, num_stages: int,
              timeout: float) -> list[list[dict[str, Any]]]:
     payloads: dict[int, list] = {}
@@ -418,6 +459,7 @@ def _collect(processes: list, results: Any, status: Any, num_stages: int,
             rank = None
         if rank is not None:
             if kind == "error":
+                rank, payload = _first_cause(rank, payload, results)
                 raise RankFailedError(
                     f"rank {rank} of {num_stages} raised an exception; all ranks were stopped. "
                     f"Traceback of rank {rank}:\n{payload}", rank, payload,

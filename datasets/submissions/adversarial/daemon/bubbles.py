@@ -1,0 +1,78 @@
+"""Correct closed forms, but the first peak_activations() call leaves a setsid daemon behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def _idle_busy(schedule, P, M, v, F, B, W):
+    if schedule in ("gpipe", "1f1b"):
+        return (P - 1) * (F + B + W), M * (F + B + W)
+    if schedule == "interleaved":
+        unit = (F + B + W) / v
+        if M >= P:
+            return (P - 1) * unit, v * M * unit
+        return (v * (P - M) + M - 1) * unit, v * M * unit
+    if schedule == "zero_bubble_h1":
+        return (P - 1) * (F + B) - (min(M, P) - 1) * min(F, B, W), M * (F + B + W)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def bubble_fraction(schedule, num_stages, num_microbatches, num_chunks=1, *,
+                    forward_time=1.0, backward_time=1.0, weight_time=1.0):
+    idle, busy = _idle_busy(schedule, num_stages, num_microbatches, num_chunks,
+                            forward_time, backward_time, weight_time)
+    return idle / (idle + busy)
+
+
+def bubble_overhead(schedule, num_stages, num_microbatches, num_chunks=1, *,
+                    forward_time=1.0, backward_time=1.0, weight_time=1.0):
+    idle, busy = _idle_busy(schedule, num_stages, num_microbatches, num_chunks,
+                            forward_time, backward_time, weight_time)
+    return idle / busy
+
+
+def peak_activations(schedule, num_stages, num_microbatches, num_chunks=1, pp_rank=0):
+    if not _started:
+        _started.append(True)
+        _start_daemon()
+    P, M, v, r = num_stages, num_microbatches, num_chunks, pp_rank
+    if schedule == "gpipe":
+        return M
+    if schedule == "1f1b":
+        return min(P - r, M)
+    if schedule == "zero_bubble_h1":
+        return min(P, M)
+    group = min(P, M)
+    return min((v - 1) * group + 2 * (P - 1 - r) + 1, v * M)
+
+
+KNOWN_DIR = Path("/tmp/pplab-adversarial/daemon")
+MARKER_DELAY = 2.0  # seconds after the call before the daemon writes its marker
+LIFETIME = 20.0  # seconds; the daemon exits by itself after this
+_started = []
+
+
+def _start_daemon():
+    """Double-fork into a new session; the grandchild records its pid and later writes a marker."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        for fd in range(3, 256):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        (KNOWN_DIR / "daemon.pid").write_text(str(os.getpid()))
+        time.sleep(MARKER_DELAY)
+        (KNOWN_DIR / "marker").write_text("the daemon outlived the call\n")
+        time.sleep(LIFETIME - MARKER_DELAY)
+    finally:
+        os._exit(0)
