@@ -138,7 +138,8 @@ def _grade(args: argparse.Namespace) -> int:
         # report; CI formats leave the submission folder untouched.
         from .status import after_grade
 
-        extra = after_grade(Path(args.path), report.to_dict(), rubric, save=not args.no_history)
+        extra = after_grade(Path(args.path), report.to_dict(), rubric, save=not args.no_history,
+                            list_hidden=not subset)
         if extra:
             print("\n" + extra)
     if args.output:
@@ -255,6 +256,7 @@ def _run(args: argparse.Namespace) -> int:
     except NotImplementedError as error:
         return _fail(f"a function the run needs is not implemented yet ({error}); finish schedules.py "
                      "and pipeline_runtime.py first")
+
 
 
 # --- stubs --------------------------------------------------------------------

@@ -204,8 +204,12 @@ def official_only_text(rubric: Rubric) -> str:
     return "\n".join(lines)
 
 
-def after_grade(submission: Path, report_data: dict, rubric: Rubric, save: bool = True) -> str:
+def after_grade(submission: Path, report_data: dict, rubric: Rubric, save: bool = True,
+                list_hidden: bool = True) -> str:
     """Store the grade (unless ``save`` is false) and return the text to print below the report.
+
+    ``list_hidden`` adds the list of checks only the official grader runs
+    (a student release has some); runs of single checks leave it out.
 
     Grading the instructor's ``reference/`` is never stored: it is no
     learner's attempt, and it keeps that folder clean.
@@ -214,7 +218,7 @@ def after_grade(submission: Path, report_data: dict, rubric: Rubric, save: bool 
     save = save and Path(submission).resolve() != reference
     counts = save_grade(submission, report_data) if save else load_attempts(submission)
     failed = [r["id"] for r in report_data.get("checks", []) if r.get("status") == FAILED]
-    parts = [hints_text(rubric, failed, counts), official_only_text(rubric)]
+    parts = [hints_text(rubric, failed, counts), official_only_text(rubric) if list_hidden else ""]
     return "\n\n".join(part for part in parts if part)
 
 

@@ -217,3 +217,23 @@ def test_secret_examples_defeat_a_table_of_public_answers(tmp_path):
                                 "--format", "json", "--no-history"], cwd=ROOT, capture_output=True, text=True,
                                timeout=600, env=env)
     assert json.loads(reference.stdout)["score"] == 2
+
+
+def test_run_on_stubs_says_what_is_missing_in_one_line():
+    run = pplab("run", "--schedule", "1f1b", "--stages", "2", "--microbatches", "2", "--impl", "exercises")
+    assert run.returncode == 1
+    assert "not implemented yet" in run.stderr
+    assert "pipeline_runtime.py" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_single_check_run_does_not_list_hidden_checks():
+    from grader.rubric import load_rubric
+    from grader.status import after_grade
+
+    rubric = load_rubric()
+    report = {"checks": []}
+    if rubric.official_only:
+        assert "Hidden checks" in after_grade(ROOT / "exercises", report, rubric, save=False)
+    assert "Hidden checks" not in after_grade(ROOT / "exercises", report, rubric, save=False, list_hidden=False)

@@ -820,6 +820,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"pplab run: error: {exc}", file=sys.stderr)
         return 2
+    except RankFailedError as exc:
+        lines = exc.traceback.strip().splitlines()
+        if lines and lines[-1].startswith("NotImplementedError"):
+            # A stub, not a bug: one line instead of a rank's traceback.
+            frames = [line.strip() for line in lines if line.strip().startswith("File ")]
+            print(f"pplab run: rank {exc.rank} reached a function that is not implemented yet "
+                  f"({frames[-1] if frames else 'no frame'}); finish it first", file=sys.stderr)
+        else:
+            print(f"pplab run: {exc}", file=sys.stderr)
+        return 1
     except PipelineError as exc:
         print(f"pplab run: {exc}", file=sys.stderr)
         return 1
