@@ -228,7 +228,7 @@ SUBMISSION_ENV = "PPLAB_SUBMISSION_DIR"
 
 
 def serve(submission_dir, fd_in, fd_out):
-    """Answer requests on ``fd_in`` with responses on ``fd_out`` until the grader closes it."""
+    """Read requests from ``fd_in`` and write responses to ``fd_out`` until the grader closes it."""
     # Processes the submission spawns (multiprocessing's "spawn" re-imports
     # this file as __mp_main__) install the same guard from this variable.
     os.environ[SUBMISSION_ENV] = submission_dir
@@ -365,7 +365,7 @@ def enter_namespaces():
     """Move into new mount, network and pid namespaces; return in the pid-1 child.
 
     The calling process stays behind as a proxy: it waits for the child and
-    exits the way the child did, so the grader sees the worker's real exit
+    exits the way the child did, so the grader gets the worker's real exit
     status. The child dies with the proxy (PDEATHSIG), and everything it
     starts dies with it, because it is pid 1 of its namespace.
     """
@@ -394,14 +394,14 @@ def hide_paths(hide, keep):
 
     Runs inside a private mount namespace, so nothing changes for other
     processes. ``/proc`` is mounted again for the new pid namespace, so the
-    worker sees only its own processes.
+    worker lists only its own processes.
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    kept = [(path, os.open(path, os.O_PATH)) for path in keep if os.path.exists(path)]
+    reopened = [(path, os.open(path, os.O_PATH)) for path in keep if os.path.exists(path)]
     for path in sorted(hide, key=len):
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=256m,mode=1777")
-    for path, fd in kept:
+    for path, fd in reopened:
         if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(path, exist_ok=True)
         else:
@@ -572,9 +572,9 @@ def _warm_up_torch():
     """Import torch and run one tiny training step, so forked workers start warm.
 
     torch sets up much of itself lazily on the first forward, backward and
-    optimizer step (about a second); a child forked afterwards inherits that
-    state instead of paying for it again. With OMP_NUM_THREADS=1 this starts
-    no thread, so forking stays safe.
+    optimizer step, which took about a second on a 2-core machine. A child
+    forked afterwards inherits that state instead of paying for it again.
+    With OMP_NUM_THREADS=1 this starts no thread, so forking stays safe.
     """
     try:
         import torch
@@ -590,7 +590,7 @@ def fork_server(control_fd, preload):
     """Serve spawn/status/release requests from the grader on a SOCK_SEQPACKET socket.
 
     With ``preload`` the server first imports torch and warms it up, then
-    says so with a ``{"ready": true}`` message.
+    sends a ``{"ready": true}`` message.
     """
     import signal
     import socket

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections import namedtuple
 from pathlib import Path
 from typing import Any, Callable, Iterator

@@ -273,7 +273,7 @@ def _same_action(got: Record, expected: Record) -> bool:
 
 
 def _forwards_first(schedule: list) -> bool:
-    """Whether every rank runs all its forward passes before any other pass."""
+    """Return whether every rank runs all its forward passes before any other pass."""
     for actions in schedule:
         if not isinstance(actions, list):
             return False
@@ -289,7 +289,7 @@ def _forwards_first(schedule: list) -> bool:
 
 
 def _relabelled(expected: list, got: list) -> bool:
-    """Whether ``got`` is ``expected`` with microbatches renamed per pass kind, the same way on every rank.
+    """Return whether ``got`` is ``expected`` with microbatches renamed per pass kind, alike on every rank.
 
     Only asked for schedules where every rank runs all forwards first (GPipe).
     There each rank's passes of one kind run back to back, so renaming the
@@ -359,7 +359,7 @@ def _trim(message: str) -> str:
 
 
 def _same_passes(expected: list, got: Any) -> bool:
-    """Whether every rank of ``got`` runs exactly the passes of ``expected``, in some order.
+    """Return whether every rank of ``got`` runs exactly the passes of ``expected``, in some order.
 
     Only then can another order still be right; a missing, extra or
     malformed pass is wrong whatever the order.

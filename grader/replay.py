@@ -2,8 +2,8 @@
 
 Official grading is derandomised, so running a check again finds the same
 failing example and shrinks it the same way. :class:`CallLog` wraps the
-worker during such a run and keeps the calls of the current example only;
-hypothesis runs the shrunk failing example last, so the log ends up holding
+worker during such a run and keeps the calls of the current example only.
+Hypothesis runs the shrunk failing example last, so the log ends up with
 the calls of that example. :func:`describe` turns that into text a
 learner can act on: the example hypothesis reports, the calls, the
 submission's own traceback and a Python line that makes the same call.
@@ -57,8 +57,8 @@ class CallLog:
             setattr(self._worker, name, value)
 
     def call(self, module: str, function: str, *args: Any, **kwargs: Any) -> Any:
-        shown = [_literal(a) for a in args] + [f"{k}={_literal(v)}" for k, v in kwargs.items()]
-        self.calls.append(f"{module}.{function}({', '.join(shown)})")
+        arguments = [_literal(a) for a in args] + [f"{k}={_literal(v)}" for k, v in kwargs.items()]
+        self.calls.append(f"{module}.{function}({', '.join(arguments)})")
         try:
             return self._worker.call(module, function, *args, **kwargs)
         except LearnerRaised as error:

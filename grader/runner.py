@@ -233,7 +233,7 @@ def grade(
             worker, ready = ready, None
             if index + 1 < len(rubric.checks):
                 # The next check's worker starts now, alongside this check. It
-                # runs no submission code until that check asks it to.
+                # runs no submission code before that check sends its first request.
                 ready = _start_worker(submission, limits, import_failures)
             result = run_check(entry, submission, limits, import_failures, replay, worker)
             results.append(result)

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import resource
 import select
 import shutil
 import signal
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import _sandbox_child as child
 
 logger = logging.getLogger(__name__)
 
@@ -175,19 +176,6 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _set_limits(limits: Limits) -> None:
-    os.setsid()
-    if limits.address_space is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.address_space, limits.address_space))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    try:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-    except (ValueError, OSError):
-        pass
-
-
 def copy_submission(source: Path, target: Path) -> None:
     """Copy the ``*.py`` files of a submission folder (not its subfolders) to ``target``."""
     target.mkdir(parents=True)
@@ -221,12 +209,12 @@ WORKER_UID_BASE, WORKER_UID_SPAN = 2_000_000, 1_000_000
 
 
 def hidden_paths() -> list[str]:
-    """Folders a worker in its own mount namespace must not see.
+    """Return the folders a worker in its own mount namespace must not see.
 
-    The folder holding the grader and the reference (the repository, for an
-    editable install; the two packages alone, for an install into
-    site-packages), the temporary folder (other submissions, reports,
-    sample solutions) and /dev/shm.
+    The first is the folder that contains the grader and the reference: the
+    repository for an editable install, or the two packages alone for an
+    install into site-packages. Then come the temporary folder (other
+    submissions, reports, sample solutions) and /dev/shm.
     """
     package = Path(__file__).resolve().parent
     root = package.parent
@@ -238,14 +226,14 @@ def hidden_paths() -> list[str]:
 
 
 def kept_paths(*extra: Path) -> list[str]:
-    """Paths inside hidden folders that workers still need: the Python environment, ``extra``."""
+    """Return the paths inside hidden folders that workers still need: the Python environment, ``extra``."""
     hidden = [Path(p) for p in hidden_paths()]
-    kept = []
+    needed = []
     for path in (Path(sys.prefix), Path(sys.base_prefix), *extra):
         path = path.resolve()
-        if any(path == h or h in path.parents for h in hidden) and str(path) not in kept:
-            kept.append(str(path))
-    return kept
+        if any(path == h or h in path.parents for h in hidden) and str(path) not in needed:
+            needed.append(str(path))
+    return needed
 
 
 class _ServerProcess:
@@ -265,7 +253,7 @@ class _ServerProcess:
         theirs.close()
 
     def poll_ready(self) -> bool:
-        """Whether the server has finished preloading (it says so once, unasked)."""
+        """Return whether the server has finished preloading (it sends one unrequested message)."""
         if not self.ready:
             with self.lock:
                 readable, _, _ = select.select([self.socket], [], [], 0)
@@ -275,8 +263,6 @@ class _ServerProcess:
         return self.ready
 
     def ask(self, request: dict, fds: tuple[int, ...] = (), reply: bool = True) -> dict:
-        if not self.ready and request.get("op") != "probe_namespaces" and request.get("op") != "probe":
-            self.poll_ready()
         data = json.dumps({**request, "reply": reply}).encode("utf-8")
         with self.lock:
             if fds:
@@ -330,8 +316,8 @@ class ForkServer:
         self._namespaces = False
         self._user_note = ""
 
-    # The user and namespaces are chosen on first use, so that starting the
-    # servers never waits for them.
+    # The user and namespaces are chosen on first use, so creating the
+    # object does not wait for the light server to answer a probe.
 
     def _ensure_user(self) -> None:
         if not self._user_chosen:
@@ -365,7 +351,7 @@ class ForkServer:
         only the right to read files. Where namespaces are unavailable (a
         container without CAP_SYS_ADMIN), workers drop root only when an
         unprivileged user can read the Python installation, and otherwise
-        stay root; the report says which.
+        stay root. The report records which case applied.
         ``PPLAB_SANDBOX_USER=keep`` never switches user; ``PPLAB_SANDBOX_USER=nobody``
         switches without namespaces and without checking first.
         """
@@ -398,7 +384,7 @@ class ForkServer:
         return UNPRIVILEGED
 
     def worker_user(self) -> tuple[int, int] | None:
-        """The uid/gid for the next worker: a fresh unused uid each time once root is dropped.
+        """Return the uid/gid for the next worker: a fresh unused uid each time once root is dropped.
 
         Separate uids keep concurrent workers from signalling each other or
         touching each other's files, and make RLIMIT_NPROC count one
@@ -451,7 +437,7 @@ _FORK_SERVER_LOCK = threading.Lock()
 
 
 def fork_server() -> ForkServer | None:
-    """The process-wide fork server, started on first use; None where workers are spawned instead.
+    """Return the process-wide fork server, started on first use, or None where workers are spawned.
 
     Set ``PPLAB_SANDBOX=spawn`` to start every worker as a new Python
     process (slower, no shared imports).
@@ -467,7 +453,7 @@ def fork_server() -> ForkServer | None:
 
 
 def describe_isolation() -> str:
-    """One line for reports: how workers start and which user they run as."""
+    """Describe in one line for reports how workers start and which user they run as."""
     server = fork_server()
     if server is None:
         return f"a new Python process per check, uid {os.geteuid()}"
@@ -549,7 +535,7 @@ class Worker:
                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                         pass_fds=(request_read, response_write),
                         cwd=self.home, env={**_worker_environment(), "HOME": str(self.home)},
-                        preexec_fn=lambda: _set_limits(limits),
+                        preexec_fn=lambda: child.apply_limits(_limits_dict(limits)),
                     )
         finally:
             os.close(request_read)
@@ -623,9 +609,9 @@ class Worker:
 
     def call(self, module: str, function: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``exercises.<module>.<function>(*args, **kwargs)`` and return its decoded value."""
-        shown = ", ".join([_short_repr(a) for a in args]
-                          + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()])
-        label = f"{function}({shown})"
+        arguments = ", ".join([_short_repr(a) for a in args]
+                              + [f"{k}={_short_repr(v)}" for k, v in kwargs.items()])
+        label = f"{function}({arguments})"
         request = {"op": "call", "module": module, "function": function,
                    "args": encode_argument(list(args)), "kwargs": encode_argument(dict(kwargs))}
         return self._request(request, self.call_timeout, label)

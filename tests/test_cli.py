@@ -143,7 +143,7 @@ def test_grade_ci_formats(fmt, check_text):
     assert check_text in run.stdout
 
 
-def test_replay_shows_counterexample_calls_and_rerun_line(sample_dirs):
+def test_replay_shows_counterexample(sample_dirs):
     import re
 
     folder = str(sample_dirs["warmup_p_minus_rank"])
@@ -152,12 +152,13 @@ def test_replay_shows_counterexample_calls_and_rerun_line(sample_dirs):
     assert "Counterexample found by hypothesis" in run.stdout
     # The shrunk example in the message, the hypothesis note and the rerun line agree.
     stages, microbatches = re.search(r"for P=(\d+), M=(\d+)", run.stdout).groups()
-    assert f"num_stages={stages}," in run.stdout and f"num_microbatches={microbatches}," in run.stdout
+    assert f"num_stages={stages}," in run.stdout
+    assert f"num_microbatches={microbatches}," in run.stdout
     assert f"print(schedules.one_f_one_b({stages}, {microbatches}))" in run.stdout
     assert "Last calls into your code" in run.stdout
 
 
-def test_replay_shows_the_submissions_traceback(tmp_path):
+def test_replay_shows_traceback(tmp_path):
     folder = tmp_path / "submission"
     shutil.copytree(ROOT / "reference", folder)
     source = (folder / "schedules.py").read_text()
@@ -168,7 +169,8 @@ def test_replay_shows_the_submissions_traceback(tmp_path):
     run = pplab("grade", str(folder), "--replay", "schedules.gpipe")
     assert run.returncode == 0, run.stderr
     assert "Your code raised IndexError: microbatch out of range" in run.stdout
-    assert "schedules.py" in run.stdout and "gpipe(" in run.stdout
+    assert "schedules.py" in run.stdout
+    assert "gpipe(" in run.stdout
     assert "Counterexample" not in pplab("grade", str(ROOT / "reference"), "--replay", "schedules.gpipe").stdout
 
 
@@ -183,8 +185,8 @@ def test_list_as_json_matches_the_rubric():
     assert sum(c["points"] for c in listed) == sum(e.points for e in rubric.checks)
 
 
-def test_secret_examples_defeat_a_table_of_public_answers(tmp_path):
-    # A "submission" that only knows the answers to the public (golden)
+def test_secret_examples_defeat_lookup_table(tmp_path):
+    # A "submission" that only contains the results for the public (golden)
     # examples of schedules.gpipe: derandomised grading alone passes it, the
     # instructor's secret examples do not.
     golden = json.loads((ROOT / "datasets" / "golden" / "visible.json").read_text())
@@ -219,7 +221,7 @@ def test_secret_examples_defeat_a_table_of_public_answers(tmp_path):
     assert json.loads(reference.stdout)["score"] == 2
 
 
-def test_run_on_stubs_says_what_is_missing_in_one_line():
+def test_run_on_stubs_one_line():
     run = pplab("run", "--schedule", "1f1b", "--stages", "2", "--microbatches", "2", "--impl", "exercises")
     assert run.returncode == 1
     assert "not implemented yet" in run.stderr
@@ -228,7 +230,7 @@ def test_run_on_stubs_says_what_is_missing_in_one_line():
     assert len(run.stderr.strip().splitlines()) == 1
 
 
-def test_single_check_run_does_not_list_hidden_checks():
+def test_single_check_omits_hidden_list():
     from grader.rubric import load_rubric
     from grader.status import after_grade
 

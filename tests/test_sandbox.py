@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import textwrap
@@ -168,7 +167,7 @@ def test_printing_does_not_corrupt_answers(tmp_path):
 
 
 def processes_with(marker: str) -> list[int]:
-    """Pids (as this process sees them) whose command line contains ``marker``."""
+    """Return the pids, in this process's pid namespace, whose command line contains ``marker``."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
@@ -241,7 +240,7 @@ def test_named_tuple_arguments_become_submission_classes(tmp_path):
     assert other_layers == 5
 
 
-def test_escaped_daemon_is_killed_with_its_worker(tmp_path):
+def test_escaped_daemon_killed_with_worker(tmp_path):
     # A double fork with setsid leaves the worker's process group; the fork
     # server (or the worker's pid namespace) still takes it down with the worker.
     marker = f"pplab-test-daemon-{os.getpid()}-{tmp_path.name}"
@@ -268,7 +267,7 @@ def test_escaped_daemon_is_killed_with_its_worker(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can switch workers to another user")
-def test_root_grader_runs_workers_unprivileged(tmp_path, monkeypatch):
+def test_root_worker_runs_unprivileged(tmp_path, monkeypatch):
     import grader.sandbox as sandbox
 
     protected = tmp_path / "protected"
@@ -276,7 +275,7 @@ def test_root_grader_runs_workers_unprivileged(tmp_path, monkeypatch):
     secret = protected / "secret.txt"
     secret.write_text("answers")
     secret.chmod(0o600)
-    folder = make_submission(tmp_path, f"""
+    folder = make_submission(tmp_path, """
         import os
         def who():
             return os.getuid()
@@ -307,7 +306,7 @@ def test_root_grader_runs_workers_unprivileged(tmp_path, monkeypatch):
     assert not (protected / "new.txt").exists()
 
 
-def test_root_grader_hides_its_files_network_and_processes(tmp_path):
+def test_root_worker_namespaces_hide_grader(tmp_path):
     import socket
 
     import grader.sandbox as sandbox

@@ -384,7 +384,7 @@ def _describe_status(status: Any, world_size: int, now: float) -> list[str]:
 
 
 def _start_method(backend: str) -> str:
-    """How rank processes start: forked on CPU (torch is already imported), spawned for CUDA.
+    """Return how rank processes start: forked on CPU (torch is already imported), spawned for CUDA.
 
     CUDA cannot be used in a forked child, so NCCL runs always spawn.
     ``PPLAB_START_METHOD`` overrides the choice.
