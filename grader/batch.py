@@ -1,10 +1,14 @@
 """Grade a folder of submissions in parallel and write one CSV row per submission.
 
-Each submission is graded by ``pplab grade --format json`` in its own OS
-process (``python -m grader.batch grade ...``), with its own process group
-and a wall-clock limit, so a crash, a hang or a runaway submission costs
-that submission's row and nothing else. A thread per job waits on its
-child process; the main thread records results and draws the progress.
+Each submission is graded as ``pplab grade --format json`` would grade it,
+by one of ``--jobs`` long-lived grading processes (``python -m grader.batch
+--serve SUBMISSIONS_DIR``, see :class:`Job`), each in its own process group.
+The submission's code runs in sandboxed workers that the grading process
+starts and removes per check. A grading process that crashes or runs past
+the wall-clock limit is stopped and replaced, so a crash, a hang or a
+runaway submission costs that submission's row and nothing else. A thread
+per job sends it submissions and waits for the replies; the main thread
+records results and draws the progress.
 
 Each finished submission is appended to a state file (JSON lines, by
 default ``<csv>.partial.jsonl``) as soon as it finishes. A rerun with the
@@ -25,16 +29,21 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
@@ -49,6 +58,8 @@ TERMINATE_GRACE_S = 10.0
 STATE_SUFFIX = ".partial.jsonl"
 # The interpreter that runs each grading process; pplab must be importable there.
 PYTHON = sys.executable
+# Submissions one grading process grades before a fresh one replaces it.
+SUBMISSIONS_PER_JOB = 50
 
 
 def default_jobs() -> int:
@@ -145,7 +156,7 @@ def configuration_key(options: BatchOptions, checks: list[tuple[str, float]]) ->
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-# --- grading one submission ---------------------------------------------------
+# --- grading processes ----------------------------------------------------------
 
 class _Children:
     """The grading processes still running, so an interrupt can stop them all."""
@@ -192,6 +203,7 @@ def _terminate(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    process.wait()
 
 
 def _last_line(text: str) -> str:
@@ -217,41 +229,181 @@ def job_environment() -> dict[str, str]:
     return environment
 
 
+class JobDied(RuntimeError):
+    """The grading process ended while it graded a submission."""
+
+
+class Job:
+    """A long-lived grading process that grades one submission per request.
+
+    Starting Python, importing the grader and torch, and warming the
+    sandbox's fork servers takes about a third of the time of grading one
+    submission. A job pays that once, then grades one submission after
+    another, each exactly as ``pplab grade --format json`` would. No
+    submission code runs in the job itself: it runs in sandboxed workers
+    that the job forks per check and removes afterwards, so one submission
+    cannot change how the next is graded.
+
+    Protocol: one JSON request per line on the job's stdin
+    (``{"argv": [...]}``, the ``pplab`` arguments) and one JSON reply per
+    line on its stdout (``{"status": exit status, "stdout": ..., "stderr":
+    ...}``). The job's own stderr goes to a file, read when the job dies.
+    """
+
+    def __init__(self, root: Path, children: _Children | None = None):
+        self.graded = 0
+        self._buffer = b""
+        self._stderr = tempfile.TemporaryFile()
+        self._children = children
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "grader.batch", "--serve", str(root)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True, env=job_environment())
+        if children is not None:
+            children.add(self.process)
+            if children.stopping.is_set():  # the batch was interrupted while this job started
+                _terminate(self.process)
+
+    def grade(self, arguments: list[str], timeout_s: float) -> tuple[int, str, str] | None:
+        """Run ``pplab ARGUMENTS`` in the job; return (exit status, stdout, stderr), or None after ``timeout_s``.
+
+        Raises JobDied when the process ends before it replies; its message
+        names the exit status and the last line the process wrote on stderr.
+        """
+        self.graded += 1
+        error_offset = self._stderr.seek(0, os.SEEK_END)
+        try:
+            self.process.stdin.write(json.dumps({"argv": arguments}).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:
+            pass  # the process is gone, and the read below reports how it ended
+        deadline = time.monotonic() + timeout_s
+        descriptor = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            readable, _, _ = select.select([descriptor], [], [], remaining)
+            if not readable:
+                continue
+            chunk = os.read(descriptor, 1 << 16)
+            if not chunk:
+                self.process.wait()
+                self._stderr.seek(error_offset)
+                stderr = self._stderr.read().decode(errors="replace")
+                raise JobDied(f"grading exited with status {self.process.returncode}: "
+                              f"{_last_line(stderr) or 'no error message'}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        reply = json.loads(line)
+        return int(reply["status"]), reply["stdout"], reply["stderr"]
+
+    def close(self) -> None:
+        """End the job: close its input so it exits, and stop it if it does not."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            _terminate(self.process)
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the job at once, whatever it is doing."""
+        _terminate(self.process)
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self._stderr.close()
+        if self._children is not None:
+            self._children.discard(self.process)
+
+
+class JobPool:
+    """Grading jobs shared by the batch's threads: a thread takes an idle job or starts one.
+
+    A job that timed out or died is not reused, and a job is replaced after
+    ``SUBMISSIONS_PER_JOB`` submissions, so memory that grading leaves
+    behind cannot pile up over a large class.
+    """
+
+    def __init__(self, root: Path, children: _Children):
+        self.root = root
+        self.children = children
+        self._idle: list[Job] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Job:
+        """Return an idle job that is still alive, or a new one."""
+        while True:
+            with self._lock:
+                job = self._idle.pop() if self._idle else None
+            if job is None:
+                return Job(self.root, self.children)
+            if job.process.poll() is None:
+                return job
+            job.stop()
+
+    def give_back(self, job: Job) -> None:
+        if job.graded >= SUBMISSIONS_PER_JOB or job.process.poll() is not None:
+            job.close()
+            return
+        with self._lock:
+            self._idle.append(job)
+
+    def close(self) -> None:
+        with self._lock:
+            jobs, self._idle = self._idle, []
+        for job in jobs:
+            job.close()
+
+
+# --- grading one submission ---------------------------------------------------
+
 def grade_one(folder: Path, options: BatchOptions, checks: list[tuple[str, float]],
-              json_dir: Path | None = None, children: _Children | None = None) -> dict:
-    """Grade one submission folder in a child process and return its record (a CSV row as a dict)."""
+              json_dir: Path | None = None, jobs: JobPool | None = None) -> dict:
+    """Grade one submission folder in a grading job and return its record (a CSV row as a dict).
+
+    Without ``jobs``, a job is started for this submission alone.
+    """
     max_score = sum(points for _, points in checks)
     record = {"submission": folder.name, "fingerprint": fingerprint(folder), "status": ERROR,
               "score": None, "max_score": max_score, "checks": {}, "duration_s": 0.0, "message": ""}
-    command = [PYTHON, "-m", "grader.batch", *options.grade_arguments(folder)]
+    pool = jobs or JobPool(folder.parent, _Children())
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               stdin=subprocess.DEVNULL, start_new_session=True, env=job_environment())
-    if children is not None:
-        children.add(process)
-        if children.stopping.is_set():  # the batch was interrupted while this one started
-            _terminate(process)
+    job = pool.take()
     try:
-        stdout, stderr = process.communicate(timeout=options.timeout_s)
-    except subprocess.TimeoutExpired:
-        _terminate(process)
-        process.communicate()
-        record["status"] = TIMEOUT
-        record["message"] = f"grading took longer than {options.timeout_s:g} s and was stopped"
-        stdout = stderr = ""
+        reply = job.grade(options.grade_arguments(folder), options.timeout_s)
+    except JobDied as error:
+        job.stop()
+        record["message"] = str(error)
+        reply = None
+    except BaseException:
+        job.stop()
+        raise
+    else:
+        if reply is None:
+            job.stop()
+            record["status"] = TIMEOUT
+            record["message"] = f"grading took longer than {options.timeout_s:g} s and was stopped"
+        else:
+            pool.give_back(job)
     finally:
-        if children is not None:
-            children.discard(process)
+        if jobs is None:
+            pool.close()
     record["duration_s"] = round(time.monotonic() - started, 3)
-    if record["status"] == TIMEOUT:
+    if reply is None:
         return record
 
-    if process.returncode == 2:
+    status, stdout, stderr = reply
+    if status == 2:
         record.update(status=INVALID, score=0.0, message=_last_line(stderr) or "the submission cannot be graded")
         return record
-    if process.returncode != 0:
-        record["message"] = (f"grading exited with status {process.returncode}: "
-                             f"{_last_line(stderr) or 'no error message'}")
+    if status != 0:
+        record["message"] = f"grading exited with status {status}: {_last_line(stderr) or 'no error message'}"
         return record
     try:
         report = json.loads(stdout)
@@ -271,10 +423,10 @@ def grade_one(folder: Path, options: BatchOptions, checks: list[tuple[str, float
 
 
 def _grade_one_safely(folder: Path, options: BatchOptions, checks: list[tuple[str, float]],
-                      json_dir: Path | None, children: _Children) -> dict:
+                      json_dir: Path | None, jobs: JobPool) -> dict:
     """Call :func:`grade_one`; turn an exception in the batch itself into an ``error`` record."""
     try:
-        return grade_one(folder, options, checks, json_dir, children)
+        return grade_one(folder, options, checks, json_dir, jobs)
     except Exception as error:  # for example an unreadable file or a failed process start
         logger.exception("grading %s failed", folder)
         return {"submission": folder.name, "fingerprint": "", "status": ERROR, "score": None,
@@ -406,6 +558,41 @@ def check_output_paths(csv_path: Path, json_dir: Path | None) -> None:
         raise BatchError(f"--json-dir {json_dir}: folder {json_dir.parent} does not exist; create it first")
 
 
+def _grade_pending(pending: list[Path], options: BatchOptions, checks: list[tuple[str, float]],
+                   json_dir: Path | None, jobs: JobPool, key: str, state_path: Path, done: dict[str, dict],
+                   progress: Progress | None, on_record: Callable[[dict], None] | None) -> None:
+    """Grade ``pending``, ``options.jobs`` at a time; record each finished submission in ``done`` and the state file."""
+    with open(state_path, "a", encoding="utf-8") as state, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        futures = {pool.submit(_grade_one_safely, folder, options, checks, json_dir, jobs): folder
+                   for folder in pending}
+        try:
+            waiting = set(futures)
+            while waiting:
+                finished, waiting = concurrent.futures.wait(
+                    waiting, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    record = future.result()
+                    record["config"] = key
+                    state.write(json.dumps(record) + "\n")
+                    state.flush()
+                    done[record["submission"]] = record
+                    if on_record is not None:
+                        on_record(record)
+                    if progress is not None:
+                        progress.finished(record)
+                if progress is not None and not finished:
+                    progress.tick()
+        except BaseException:
+            # Ctrl-C, a kill turned into an exception, or a bug: stop the
+            # grading processes before the pool waits for its threads, and
+            # keep the state file.
+            for future in futures:
+                future.cancel()
+            jobs.children.stop_all()
+            raise
+
+
 def grade_all(
     root: Path,
     csv_path: Path,
@@ -446,38 +633,18 @@ def grade_all(
 
     progress = Progress(len(folders), len(done), progress_stream) if progress_stream is not None else None
     children = _Children()
-    with open(state_path, "a", encoding="utf-8") as state, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=options.jobs) as pool:
-        futures = {pool.submit(_grade_one_safely, folder, options, checks, json_dir, children): folder
-                   for folder in pending}
-        try:
-            waiting = set(futures)
-            while waiting:
-                finished, waiting = concurrent.futures.wait(
-                    waiting, timeout=1.0, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
-                    record = future.result()
-                    record["config"] = key
-                    state.write(json.dumps(record) + "\n")
-                    state.flush()
-                    done[record["submission"]] = record
-                    if on_record is not None:
-                        on_record(record)
-                    if progress is not None:
-                        progress.finished(record)
-                if progress is not None and not finished:
-                    progress.tick()
-        except BaseException:
-            # Ctrl-C, a kill turned into an exception, or a bug: stop the
-            # children so none outlives the batch, and keep the state file.
-            for future in futures:
-                future.cancel()
-            children.stop_all()
-            if progress is not None:
-                progress.close()
-            raise
-    if progress is not None:
-        progress.close()
+    jobs = JobPool(root, children)
+    try:
+        _grade_pending(pending, options, checks, json_dir, jobs, key, state_path, done, progress, on_record)
+        jobs.close()
+    except BaseException:
+        # An interrupt can also land between submissions or while the jobs
+        # shut down: stop whatever still runs.
+        children.stop_all()
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
 
     records = sorted(done.values(), key=lambda r: r["submission"])
     write_csv(records, check_ids, csv_path)
@@ -544,16 +711,76 @@ def _grade_all_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _grade_in_child(argv: list[str]) -> int:
-    """Run ``pplab`` with SIGTERM raising SystemExit, so the grader's cleanup removes its workers."""
+class _Stop(BaseException):
+    """SIGTERM in a grading process: unwind (removing workers) and exit."""
+
+
+def _stop_on_sigterm() -> None:
     def stop(signum, frame):
-        raise SystemExit(128 + signum)
+        raise _Stop(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def _grade_in_child(argv: list[str]) -> int:
+    """Run ``pplab ARGV`` once, with SIGTERM unwinding, so the grader's cleanup removes its workers."""
+    _stop_on_sigterm()
     from .cli import main
 
-    return main(argv)
+    try:
+        return main(argv)
+    except _Stop as stop:
+        return stop.args[0]
+
+
+def _stop_when_orphaned(parent: int, interval_s: float = 1.0) -> None:
+    """Send this process SIGTERM once ``parent`` is no longer its parent (the batch died, even by SIGKILL)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _serve() -> int:
+    """Serve :class:`Job` requests from stdin until it closes; return the exit status.
+
+    Each request runs ``pplab`` in this process with its stdout and stderr
+    captured; the reply goes to the original stdout, which nothing else may
+    write to, so fd 1 is pointed at stderr for the job's lifetime.
+    """
+    _stop_on_sigterm()
+    _stop_when_orphaned(os.getppid())
+    from .cli import main
+
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    try:
+        for line in sys.stdin:
+            argv = json.loads(line)["argv"]
+            stdout, stderr = io.StringIO(), io.StringIO()
+            # `pplab` configures logging on its stream of the moment: drop the
+            # handler a previous request installed so this one's stderr is used.
+            logging.root.handlers.clear()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    status = main(argv)
+                except SystemExit as exit:  # argparse's usage errors
+                    status = exit.code if isinstance(exit.code, int) else EXIT_USAGE
+                except Exception:
+                    traceback.print_exc()
+                    status = 1
+            replies.write(json.dumps({"status": status, "stdout": stdout.getvalue(),
+                                      "stderr": stderr.getvalue()}) + "\n")
+            replies.flush()
+    except _Stop as stop:
+        return stop.args[0]
+    return EXIT_OK
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        # The submissions folder that follows only names the batch in `ps`.
+        sys.exit(_serve())
     sys.exit(_grade_in_child(sys.argv[1:]))

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .checking import (REGISTRY, CheckFailed, ExplorationMode, collect_reports, on_example_start,
+from .checking import (REGISTRY, Check, CheckFailed, ExplorationMode, collect_reports, on_example_start,
                        set_mode)
 from .replay import CallLog, describe
 from .rubric import Rubric, load_rubric
-from .sandbox import Limits, SubmissionAborted, Worker, describe_isolation, fork_server
+from .sandbox import TORCH_MODULES, Limits, SubmissionAborted, Worker, describe_isolation, fork_server
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def run_check(entry, submission: Path, limits: Limits,
         collect_reports(reported)
     try:
         if worker is None:
-            worker = Worker(submission, limits, import_failures)
+            worker = Worker(submission, limits, import_failures, needs_torch=needs_torch(check))
         log = CallLog(worker) if replay else None
         if log is not None:
             on_example_start(log.new_example)
@@ -188,11 +188,24 @@ def run_check(entry, submission: Path, limits: Limits,
     return result
 
 
-def _start_worker(submission: Path, limits: Limits,
-                  import_failures: dict[str, SubmissionAborted]) -> Worker | None:
-    """Start a worker ahead of time, or return None (run_check then starts one and reports why)."""
+def needs_torch(check: Check) -> bool:
+    """Return whether ``check`` imports a submission module that imports torch."""
+    return not TORCH_MODULES.isdisjoint(check.modules)
+
+
+def _start_worker(submission: Path, limits: Limits, import_failures: dict[str, SubmissionAborted],
+                  check: Check) -> Worker | None:
+    """Start ``check``'s worker ahead of time, or return None (run_check then starts one).
+
+    A check that needs torch gets no worker ahead of time while the server
+    with torch is still warming up: waiting for it here would hold up the
+    check that runs now.
+    """
+    server = fork_server()
+    if needs_torch(check) and server is not None and not server.torch_ready():
+        return None
     try:
-        return Worker(submission, limits, import_failures)
+        return Worker(submission, limits, import_failures, needs_torch=needs_torch(check))
     except Exception:  # noqa: BLE001 - reported by run_check, which tries again
         return None
 
@@ -234,7 +247,7 @@ def grade(
             if index + 1 < len(rubric.checks):
                 # The next check's worker starts now, alongside this check. It
                 # runs no submission code before that check sends its first request.
-                ready = _start_worker(submission, limits, import_failures)
+                ready = _start_worker(submission, limits, import_failures, REGISTRY[rubric.checks[index + 1].id])
             result = run_check(entry, submission, limits, import_failures, replay, worker)
             results.append(result)
             if progress is not None:

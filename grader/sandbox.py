@@ -252,11 +252,14 @@ class _ServerProcess:
         )
         theirs.close()
 
-    def poll_ready(self) -> bool:
-        """Return whether the server has finished preloading (it sends one unrequested message)."""
+    def poll_ready(self, timeout: float = 0.0) -> bool:
+        """Return whether the server has finished preloading (it sends one unrequested message).
+
+        Waits up to ``timeout`` seconds for that message.
+        """
         if not self.ready:
             with self.lock:
-                readable, _, _ = select.select([self.socket], [], [], 0)
+                readable, _, _ = select.select([self.socket], [], [], timeout)
                 if readable:
                     message = self.socket.recv(1 << 16)
                     self.ready = bool(message) and json.loads(message).get("ready") is True
@@ -285,6 +288,14 @@ class _ServerProcess:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+# Submission modules that use torch: the pipeline modules import it at the
+# top, and moe's given helper imports it on first use. A worker for a check
+# that imports one of them is forked from the server with torch loaded.
+TORCH_MODULES = frozenset({"moe", "pipeline_runtime", "pipeline_launch"})
+# Seconds such a worker waits for that server to finish its warm-up.
+TORCH_WAIT_S = 60.0
 
 
 class ForkServer:
@@ -399,9 +410,20 @@ class ForkServer:
     def alive(self) -> bool:
         return self.owner == os.getpid() and all(p.poll() is None for p in self.processes)
 
-    def spawn(self, fd_in: int, fd_out: int, **request: Any) -> int:
-        """Fork a worker that serves ``fd_in``/``fd_out``; return its pid."""
-        server = self._full if self._full.poll_ready() else self._light
+    def torch_ready(self) -> bool:
+        """Return whether the server with torch loaded can fork workers yet."""
+        return self._full.poll_ready()
+
+    def spawn(self, fd_in: int, fd_out: int, needs_torch: bool = False, **request: Any) -> int:
+        """Fork a worker that serves ``fd_in``/``fd_out``; return its pid.
+
+        A worker whose submission code imports torch (``needs_torch``) waits
+        up to ``TORCH_WAIT_S`` for the server that has torch loaded, since
+        importing torch again in the worker costs more than the rest of that
+        server's warm-up. Other workers take whichever server is ready.
+        """
+        ready = self._full.poll_ready(TORCH_WAIT_S if needs_torch else 0.0)
+        server = self._full if ready else self._light
         pid = int(server.ask({"op": "spawn", **request}, (fd_in, fd_out))["pid"])
         self._spawned_by[pid] = server
         return pid
@@ -493,7 +515,8 @@ class Worker:
     """One sandboxed process running a submission; use as a context manager."""
 
     def __init__(self, submission: Path, limits: Limits = Limits(),
-                 import_failures: dict[str, SubmissionAborted] | None = None):
+                 import_failures: dict[str, SubmissionAborted] | None = None, needs_torch: bool = False):
+        """Start a worker for ``submission``. Pass ``needs_torch`` when the code it will run imports torch."""
         self.limits = limits
         self.call_timeout = limits.call_timeout
         # Shared by the workers of one grading run: a module that failed to
@@ -520,7 +543,7 @@ class Worker:
                 user = server.worker_user()
                 _give_to(root, user)
                 pid = server.spawn(
-                    request_read, response_write, submission_dir=str(self.package_dir),
+                    request_read, response_write, needs_torch=needs_torch, submission_dir=str(self.package_dir),
                     home=str(self.home), stdout=str(self._stdout_path), stderr=str(self._stderr_path),
                     limits=_limits_dict(limits), env={**_worker_environment(), "HOME": str(self.home)},
                     user=user, namespaces=server.namespaces, hide=hidden_paths(),

@@ -7,9 +7,10 @@ collide, and talk over gloo on loopback (or NCCL with ``--backend nccl``, one
 GPU per rank, device ``cuda:rank % device_count``). The parent waits for the
 results. When a rank raises, the parent stops every rank and raises
 :class:`RankFailedError` with that rank's traceback. When the ranks are still
-running ``timeout`` seconds after they all joined, it kills them and raises
-:class:`PipelineDeadlockError` naming each rank's last completed action and
-the operation it is blocked in. Every rank runs in its own process group and
+running ``timeout`` seconds after they all joined, or (gloo) when every
+unfinished rank has waited in a send or receive for ``GLOO_STALL_S``
+seconds, it kills them and raises :class:`PipelineDeadlockError` naming each
+rank's last completed action and the operation it is blocked in. Every rank runs in its own process group and
 is killed and reaped before the call returns.
 
 Across machines, start the same module under torchrun, one process per rank::
@@ -60,6 +61,13 @@ logger = logging.getLogger(__name__)
 
 STATUS_BYTES = 400
 STARTUP_TIMEOUT_S = 300.0
+# Seconds every unfinished rank may stay blocked in a send or receive before
+# a gloo run counts as deadlocked. Blocked ranks compute nothing, so in a run
+# that can finish, the awaited message arrives within milliseconds on one
+# machine (10 s leaves a wide margin for a loaded one). NCCL runs wait for the
+# full timeout instead, because NCCL sets up a communicator at a pair's
+# first send, which can block both ranks for seconds.
+GLOO_STALL_S = 10.0
 
 
 class PipelineError(RuntimeError):
@@ -414,7 +422,8 @@ def _spawn_and_collect(specs: list[RunSpec], num_stages: int, options: dict[str,
         try:
             for proc in processes:
                 proc.start()
-            return _collect(processes, results, status, num_stages, timeout)
+            stall = GLOO_STALL_S if options["backend"] == "gloo" else None
+            return _collect(processes, results, status, num_stages, timeout, stall)
         finally:
             _kill_all(processes)
             results.close()
@@ -426,20 +435,25 @@ PEER_FAILURE_WORDS = ("Connection closed by peer", "remote worker crashing", "Co
 CAUSE_GRACE_S = 1.0
 
 
-def _first_cause(rank: int, payload: str, results: Any) -> tuple[int, str]:
+def _first_cause(rank: int, payload: str, results: Any, num_stages: int,
+                 reported: set[int] = frozenset()) -> tuple[int, str]:
     """Pick the error that started a failure: wait briefly for other ranks' errors.
 
     When one rank raises, its peers fail soon after because the connection
     to it closed, and their reports can arrive first. An error that does not
-    read like a dead peer wins; among equals, the lowest rank.
+    read like a dead peer wins; among equals, the lowest rank. The wait ends
+    early once every rank has reported (``reported``: ranks that already
+    delivered a result).
     """
     errors = {rank: payload}
+    ranks_reported = set(reported) | {rank}
     deadline = time.monotonic() + CAUSE_GRACE_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(ranks_reported) < num_stages:
         try:
             other, kind, text = results.get(timeout=0.05)
         except queue_module.Empty:
             continue
+        ranks_reported.add(other)
         if kind == "error":
             errors[other] = text
     causes = [r for r, text in errors.items() if not any(word in text for word in PEER_FAILURE_WORDS)]
@@ -447,8 +461,31 @@ def _first_cause(rank: int, payload: str, results: Any) -> tuple[int, str]:
     return chosen, errors[chosen]
 
 
+def _stalled_since(status: Any, ranks: list[int]) -> float | None:
+    """Return when the last of ``ranks`` became blocked in communication (``time.time()``), or None.
+
+    None means some rank in ``ranks`` is computing or has not reported yet.
+    """
+    since = []
+    for rank in ranks:
+        stamp, _, state = _read_status(status, rank).partition(" ")
+        if "; blocked in " not in state:
+            return None
+        try:
+            since.append(float(stamp))
+        except ValueError:
+            return None
+    return max(since) if since else None
+
+
 def _collect(processes: list, results: Any, status: Any, num_stages: int,
-             timeout: float) -> list[list[dict[str, Any]]]:
+             timeout: float, stall: float | None = None) -> list[list[dict[str, Any]]]:
+    """Wait for every rank's results; raise when a rank fails or the run hangs.
+
+    A hang is the ranks still running ``timeout`` seconds after they all
+    joined, or, with ``stall``, every rank without a result blocked in a
+    send or receive for ``stall`` seconds.
+    """
     payloads: dict[int, list] = {}
     started = time.monotonic()
     running_since = None
@@ -459,7 +496,7 @@ def _collect(processes: list, results: Any, status: Any, num_stages: int,
             rank = None
         if rank is not None:
             if kind == "error":
-                rank, payload = _first_cause(rank, payload, results)
+                rank, payload = _first_cause(rank, payload, results, num_stages, set(payloads))
                 raise RankFailedError(
                     f"rank {rank} of {num_stages} raised an exception; all ranks were stopped. "
                     f"Traceback of rank {rank}:\n{payload}", rank, payload,
@@ -484,6 +521,16 @@ def _collect(processes: list, results: Any, status: Any, num_stages: int,
                 f"pipeline run timed out after {timeout:g} s, probably a deadlock; "
                 "all ranks were killed. Where each rank stopped:\n  " + "\n  ".join(lines),
                 lines, [p.pid for p in processes])
+        elif stall is not None:
+            waiting = [r for r in range(num_stages) if r not in payloads]
+            since = _stalled_since(status, waiting)
+            if since is not None and time.time() - since > stall:
+                lines = _describe_status(status, num_stages, time.time())
+                raise PipelineDeadlockError(
+                    f"no rank can go on: every unfinished rank has been blocked in a send or "
+                    f"receive for over {stall:g} s; all ranks were killed. "
+                    "Where each rank stopped:\n  " + "\n  ".join(lines),
+                    lines, [p.pid for p in processes])
 
         for rank, proc in enumerate(processes):
             if rank not in payloads and proc.exitcode is not None:

@@ -74,6 +74,21 @@ def class_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def slow_class_dir(class_dir, tmp_path_factory):
+    """The three submissions of ``class_dir`` and "dave", a complete one that takes seconds to import.
+
+    Dave, graded last, keeps a batch running long enough to interrupt it.
+    """
+    root = tmp_path_factory.mktemp("slow_class")
+    for name in ("alice", "bob", "carol"):
+        copy_modules(class_dir / name, root / name)
+    dave = copy_modules(REPO_ROOT / "reference", root / "dave")
+    with open(dave / "schedules.py", "a") as module:
+        module.write("\n\nimport time\ntime.sleep(2.0)  # a slow import, well within the call timeout\n")
+    return root
+
+
 def pplab(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "grader.cli", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600, **kwargs)
@@ -160,10 +175,10 @@ def test_plain_progress_lines(graded_class):
     assert "3 submissions (2 ok, 1 invalid)" in run.stdout
 
 
-def test_resume_after_kill_and_ctrl_c(class_dir, rubric, graded_class, tmp_path):
+def test_resume_after_kill_and_ctrl_c(class_dir, slow_class_dir, rubric, graded_class, tmp_path):
     csv_path = tmp_path / "grades.csv"
     state = tmp_path / "grades.csv.partial.jsonl"
-    command = [sys.executable, "-m", "grader.cli", "grade-all", str(class_dir), "--csv", str(csv_path),
+    command = [sys.executable, "-m", "grader.cli", "grade-all", str(slow_class_dir), "--csv", str(csv_path),
                "--jobs", "1", "--rubric", str(rubric)]
 
     def interrupt_after(records: int, signum: int) -> None:
@@ -173,7 +188,7 @@ def test_resume_after_kill_and_ctrl_c(class_dir, rubric, graded_class, tmp_path)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
             saved = len(state.read_text().splitlines()) if state.exists() else 0
-            if saved >= records and grading_processes(str(class_dir)):
+            if saved >= records and grading_processes(str(slow_class_dir)):
                 break
             time.sleep(0.1)
         assert process.poll() is None, "the batch ended before it could be interrupted"
@@ -182,25 +197,54 @@ def test_resume_after_kill_and_ctrl_c(class_dir, rubric, graded_class, tmp_path)
         assert process.returncode == 130, stderr
         assert "rerun the same command" in stderr
         assert not csv_path.exists()
-        assert grading_processes(str(class_dir)) == []
+        assert grading_processes(str(slow_class_dir)) == []
 
-    interrupt_after(1, signal.SIGTERM)  # `kill` while the second submission is graded
+    interrupt_after(1, signal.SIGTERM)  # `kill` while a later submission is graded
     interrupt_after(1, signal.SIGINT)   # Ctrl-C at once after resuming
     options = BatchOptions(rubric=rubric)
     recorded = len(read_state(state, batch.configuration_key(options, batch.selected_checks(options))))
-    assert 1 <= recorded < 3
+    assert 1 <= recorded < 4
 
     run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert f"resuming: {recorded} of 3" in run.stderr
-    assert len([line for line in run.stderr.splitlines() if line.startswith("[")]) == 3 - recorded
+    assert f"resuming: {recorded} of 4" in run.stderr
+    assert len([line for line in run.stderr.splitlines() if line.startswith("[")]) == 4 - recorded
 
-    def without_durations(path):
-        return [{k: v for k, v in row.items() if k != "duration_s"} for row in read_rows(path)]
+    def comparable(path, root):
+        """Rows without durations, with the class folder's path taken out of the messages."""
+        return [{k: v.replace(str(root), "CLASS") for k, v in row.items() if k != "duration_s"}
+                for row in read_rows(path)]
 
     out, _ = graded_class
-    assert without_durations(csv_path) == without_durations(out / "grades.csv")
+    resumed = comparable(csv_path, slow_class_dir)
+    assert resumed[:3] == comparable(out / "grades.csv", class_dir)
+    assert resumed[3]["submission"] == "dave"
+    assert float(resumed[3]["score"]) == sum(POINTS.values())
     assert not state.exists()
+
+
+def test_jobs_end_when_batch_killed(tmp_path, rubric):
+    # Erin's import takes 60 s; once the batch is gone, her grading process
+    # must stop long before that instead of finishing the submission.
+    subs = tmp_path / "subs"
+    erin = copy_modules(REPO_ROOT / "reference", subs / "erin")
+    with open(erin / "schedules.py", "a") as module:
+        module.write("\n\nimport time\ntime.sleep(60.0)\n")
+    copy_modules(REPO_ROOT / "reference", subs / "frank")
+    command = [sys.executable, "-m", "grader.cli", "grade-all", str(subs), "--csv", str(tmp_path / "grades.csv"),
+               "--jobs", "2", "--rubric", str(rubric), "--call-timeout", "120"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(grading_processes(str(subs))) < 2:
+        time.sleep(0.1)
+    assert len(grading_processes(str(subs))) == 2, "the batch never started its grading processes"
+    time.sleep(3.0)  # both are grading now
+    process.kill()  # SIGKILL: the batch cannot clean up
+    process.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and grading_processes(str(subs)):
+        time.sleep(0.2)
+    assert grading_processes(str(subs)) == []
 
 
 def test_changed_submission_is_regraded(tmp_path, rubric):
@@ -239,27 +283,78 @@ def test_timeout_row_and_no_leftover_processes(tmp_path, rubric):
     assert grading_processes(str(subs)) == []
 
 
+def counting_python(tmp_path: Path, body: str = "") -> Path:
+    """Return an interpreter wrapper that logs each grading process it starts to ``tmp_path/starts``.
+
+    ``body`` runs in the grading process before it serves requests.
+    """
+    script = tmp_path / "serve.py"
+    script.write_text("import sys\nfrom grader import batch\n" + body + "\nsys.exit(batch._serve())\n")
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\necho "$$" >> {tmp_path / "starts"}\nexec {sys.executable} {script}\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def starts(tmp_path: Path) -> int:
+    return len((tmp_path / "starts").read_text().split())
+
+
+CRASH_ON_CRASHME = """
+import os
+import grader.cli
+real_main = grader.cli.main
+
+def main(argv):
+    if any("crashme" in argument for argument in argv):
+        os.write(2, b"boom\\n")
+        os._exit(3)
+    return real_main(argv)
+
+grader.cli.main = main
+"""
+
+
 def test_crashed_grader_gives_error_row(tmp_path, rubric, monkeypatch):
     subs = tmp_path / "subs"
     copy_modules(REPO_ROOT / "reference", subs / "crashme")
     copy_modules(REPO_ROOT / "reference", subs / "fine")
-    wrapper = tmp_path / "python"
-    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *crashme*) echo "boom" >&2; exit 3;; esac\n'
-                       f'exec {sys.executable} "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(batch, "PYTHON", str(wrapper))
+    monkeypatch.setattr(batch, "PYTHON", str(counting_python(tmp_path, CRASH_ON_CRASHME)))
+    # One job: "crashme" kills it, and a new one grades "fine".
     records = grade_all(subs, tmp_path / "grades.csv", BatchOptions(rubric=rubric, checks=("schedules.gpipe",),
-                                                                     jobs=2), progress_stream=None)
+                                                                     jobs=1), progress_stream=None)
     by_name = {r["submission"]: r for r in records}
     assert by_name["crashme"]["status"] == "error"
     assert by_name["crashme"]["score"] is None
     assert "status 3" in by_name["crashme"]["message"]
     assert "boom" in by_name["crashme"]["message"]
     assert by_name["fine"]["status"] == "ok"
+    assert by_name["fine"]["score"] == POINTS["schedules.gpipe"]
+    assert starts(tmp_path) == 2
     row = read_rows(tmp_path / "grades.csv")[0]
     assert row["submission"] == "crashme"
     assert row["score"] == ""
     assert row["percent"] == ""
+
+
+def test_one_grading_process_per_job(class_dir, rubric, graded_class, tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "PYTHON", str(counting_python(tmp_path)))
+    csv_path = tmp_path / "grades.csv"
+    grade_all(class_dir, csv_path, BatchOptions(rubric=rubric, jobs=1), progress_stream=None)
+    assert starts(tmp_path) == 1
+    # Grades do not depend on which process graded what, or in which order.
+    out, _ = graded_class
+    assert [row["score"] for row in read_rows(csv_path)] == [row["score"] for row in read_rows(out / "grades.csv")]
+    assert grading_processes(str(class_dir)) == []
+
+
+def test_grading_process_replaced_after_its_quota(class_dir, rubric, tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "PYTHON", str(counting_python(tmp_path)))
+    monkeypatch.setattr(batch, "SUBMISSIONS_PER_JOB", 2)
+    records = grade_all(class_dir, tmp_path / "grades.csv", BatchOptions(rubric=rubric, checks=("schedules.gpipe",),
+                                                                          jobs=1), progress_stream=None)
+    assert len(records) == 3
+    assert starts(tmp_path) == 2
 
 
 def test_read_state_skips_other_options(tmp_path):

@@ -355,6 +355,70 @@ def test_deadlock_reported_and_ranks_killed(tmp_path):
     _assert_processes_gone(info.value.pids)
 
 
+def test_deadlock_found_before_the_timeout(tmp_path, monkeypatch):
+    # Every rank blocked in communication for GLOO_STALL_S seconds ends the
+    # run as a deadlock long before the overall timeout.
+    monkeypatch.setattr(launch, "GLOO_STALL_S", 2.0)
+    impl = _copy_runtime_to(tmp_path / "broken", BLOCKING_SEND_FIRST)
+    with pytest.raises(launch.PipelineDeadlockError) as info:
+        launch.run_pipeline("1f1b", 2, 2, model=TINY, impl=str(impl), timeout=300)
+    message = str(info.value)
+    assert "blocked in a send or receive for over 2 s" in message
+    assert "timed out" not in message
+    assert "rank 1: last completed action nothing; blocked in send of a test tensor to rank 0" in message
+    _assert_processes_gone(info.value.pids)
+
+
+SLOW_SENDER = '''
+import time
+
+import torch
+
+def run_step(ctx, actions, tokens, targets):
+    # Rank 1 computes for 4 s before it sends; rank 0 waits in its receive.
+    if ctx.pp_rank == 1:
+        time.sleep(4.0)
+        ctx.send_tensor(torch.zeros(ctx.activation_shape(), dtype=getattr(torch, ctx.config.dtype)),
+                        0, 7, "a late tensor")
+        ctx.finish_sends()
+    else:
+        ctx.recv_tensor(1, 7, "a late tensor")
+    return 0.0
+'''
+
+
+def test_slow_rank_is_not_a_deadlock(tmp_path, monkeypatch):
+    # Rank 0 is blocked for longer than the stall limit, but rank 1 is
+    # computing, so the run goes on and completes.
+    monkeypatch.setattr(launch, "GLOO_STALL_S", 1.0)
+    impl = _copy_runtime_to(tmp_path / "slow", SLOW_SENDER)
+    result = launch.run_pipeline("1f1b", 2, 2, model=TINY, impl=str(impl), timeout=300)
+    assert result.num_stages == 2
+
+
+class _Reports:
+    """A results queue with a few rank reports. Asking for more than it contains fails the test."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def get(self, timeout=None):
+        assert self.items, "kept waiting after every rank had reported"
+        return self.items.pop(0)
+
+
+def test_first_cause_stops_waiting_once_every_rank_reported(monkeypatch):
+    monkeypatch.setattr(launch, "CAUSE_GRACE_S", 600.0)
+    reports = _Reports([(2, "error", "RuntimeError: Connection reset by peer"),
+                        (1, "error", "NotImplementedError: run_step"),
+                        (3, "ok", {})])
+    rank, text = launch._first_cause(0, "RuntimeError: Connection closed by peer", reports, 4)
+    assert (rank, text) == (1, "NotImplementedError: run_step")
+    # Ranks that delivered their results before the failure count as reported.
+    reports = _Reports([(1, "error", "RuntimeError: Connection reset by peer")])
+    assert launch._first_cause(2, "ValueError: bad shape", reports, 3, {0}) == (2, "ValueError: bad shape")
+
+
 def test_rank_exception_stops_all_ranks(tmp_path):
     impl = _copy_runtime_to(tmp_path / "raises", RAISES_ON_RANK_1)
     with pytest.raises(launch.RankFailedError) as info:

@@ -350,3 +350,25 @@ def test_root_worker_namespaces_hide_grader(tmp_path):
     assert seen["pids"][0] == 1  # its own pid namespace
     assert seen["port"] is False
     assert not (Path(tempfile.gettempdir()) / "left-behind.txt").exists()
+
+
+def test_torch_worker_waits_for_warm_server(tmp_path, monkeypatch):
+    # A worker for code that imports torch comes from the server with torch
+    # already loaded, even when asked for before that server is ready.
+    import grader.sandbox as sandbox
+
+    monkeypatch.setenv("PPLAB_SANDBOX", "fork")
+    folder = make_submission(tmp_path, """
+        import sys
+        def loaded():
+            return "torch" in sys.modules
+    """)
+    server = sandbox.ForkServer()
+    monkeypatch.setattr(sandbox, "_FORK_SERVER", server)
+    try:
+        assert not server.torch_ready()
+        with Worker(folder, LIMITS, needs_torch=True) as worker:
+            assert worker.call("mod", "loaded") is True
+        assert server.torch_ready()
+    finally:
+        server.close()
