@@ -188,11 +188,35 @@ def _send(fd, message):
         view = view[written:]
 
 
+def _is_machinery(filename):
+    """Return whether a traceback frame's file is this worker or Python's import system."""
+    if filename.startswith("<frozen"):
+        return True
+    # A forked worker runs this file's code under its original name, an
+    # exec'd one under the copy's name (worker_main.py).
+    path = os.path.abspath(filename)
+    return (os.path.basename(path) in ("_sandbox_child.py", "worker_main.py", os.path.basename(__file__))
+            or os.path.dirname(path) == os.path.dirname(os.path.abspath(importlib.__file__)))
+
+
+def _learner_frames(frames):
+    """Return the traceback frames a learner can act on.
+
+    From the first frame in the submission's folder on (the grader's request
+    dispatch and the import system come before it), or, when no frame is in
+    the submission (a syntax error, say), every frame outside that machinery.
+    """
+    root = os.environ.get(SUBMISSION_ENV)
+    if root:
+        root = os.path.abspath(root) + os.sep
+        for index, frame in enumerate(frames):
+            if os.path.abspath(frame.filename).startswith(root):
+                return frames[index:]
+    return [frame for frame in frames if not _is_machinery(frame.filename)]
+
+
 def _describe_exception(error):
-    frames = traceback.extract_tb(error.__traceback__)
-    # Keep the frames from the submission, the ones a learner can act on.
-    mine = [f for f in frames if os.path.abspath(f.filename) != os.path.abspath(__file__)
-            and not f.filename.startswith("<frozen")]
+    mine = _learner_frames(traceback.extract_tb(error.__traceback__))
     message = str(error)[:4000]
     if isinstance(error, SyntaxError) and error.filename:
         pointer = " " * max(0, (error.offset or 1) - 1) + "^"

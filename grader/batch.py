@@ -104,12 +104,20 @@ class BatchError(ValueError):
 
 # --- inputs -------------------------------------------------------------------
 
+# Subfolders of a submissions folder that are never submissions.
+NOT_SUBMISSIONS = frozenset({"__pycache__"})
+
+
 def list_submissions(root: Path) -> list[Path]:
-    """Return the submission folders in ``root`` (subfolders not starting with '.'), sorted by name."""
+    """Return the submission folders in ``root``, sorted by name.
+
+    Hidden subfolders (starting with '.') and Python's ``__pycache__`` are skipped.
+    """
     if not root.is_dir():
         raise BatchError(f"submissions folder {root} does not exist or is not a folder; "
                          "pass a folder with one subfolder per submission")
-    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+    folders = sorted((p for p in root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and p.name not in NOT_SUBMISSIONS),
                      key=lambda p: p.name)
     if not folders:
         raise BatchError(f"submissions folder {root} has no subfolders; put each submission in its own folder")
@@ -548,14 +556,18 @@ def default_state_path(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.name + STATE_SUFFIX)
 
 
-def check_output_paths(csv_path: Path, json_dir: Path | None) -> None:
-    """Raise BatchError unless the CSV and the JSON folder can be written where asked."""
-    if csv_path.is_dir():
-        raise BatchError(f"--csv {csv_path} is a folder; name a file such as grades.csv")
-    if not csv_path.parent.is_dir():
-        raise BatchError(f"--csv {csv_path}: folder {csv_path.parent} does not exist; create it first")
-    if json_dir is not None and not json_dir.is_dir() and not json_dir.parent.is_dir():
-        raise BatchError(f"--json-dir {json_dir}: folder {json_dir.parent} does not exist; create it first")
+def check_output_paths(csv_path: Path, json_dir: Path | None, state_path: Path) -> None:
+    """Raise BatchError unless the CSV, the JSON folder and the state file can be written where asked."""
+    for option, path, example in (("--csv", csv_path, "grades.csv"), ("--state", state_path, "grades.jsonl")):
+        if path.is_dir():
+            raise BatchError(f"{option} {path} is a folder; name a file such as {example}")
+        if not path.parent.is_dir():
+            raise BatchError(f"{option} {path}: folder {path.parent} does not exist; create it first")
+    if json_dir is not None:
+        if json_dir.exists() and not json_dir.is_dir():
+            raise BatchError(f"--json-dir {json_dir} is not a folder; name a new or existing folder")
+        if not json_dir.exists() and not json_dir.parent.is_dir():
+            raise BatchError(f"--json-dir {json_dir}: folder {json_dir.parent} does not exist; create it first")
 
 
 def _grade_pending(pending: list[Path], options: BatchOptions, checks: list[tuple[str, float]],
@@ -613,11 +625,11 @@ def grade_all(
     if options.timeout_s <= 0 or options.call_timeout_s <= 0:
         raise BatchError("--timeout and --call-timeout must be positive numbers of seconds")
     folders = list_submissions(root)
-    check_output_paths(csv_path, json_dir)
+    state_path = state_path or default_state_path(csv_path)
+    check_output_paths(csv_path, json_dir, state_path)
     checks = selected_checks(options)
     check_ids = [check_id for check_id, _ in checks]
     key = configuration_key(options, checks)
-    state_path = state_path or default_state_path(csv_path)
     if json_dir is not None:
         json_dir.mkdir(exist_ok=True)
 
@@ -707,7 +719,8 @@ def _grade_all_command(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous_handler)
     counts = {status: sum(r["status"] == status for r in records) for status in (OK, INVALID, ERROR, TIMEOUT)}
     summary = ", ".join(f"{count} {status}" for status, count in counts.items() if count)
-    print(f"wrote {csv_path}: {len(records)} submissions ({summary}) in {_clock(time.monotonic() - started)}")
+    noun = "submission" if len(records) == 1 else "submissions"
+    print(f"wrote {csv_path}: {len(records)} {noun} ({summary}) in {_clock(time.monotonic() - started)}")
     return EXIT_OK
 
 

@@ -27,6 +27,9 @@ from .rubric import Rubric, RubricEntry
 
 logger = logging.getLogger(__name__)
 
+# Modules the checks import that learners do not write: given code, copied
+# unchanged from the instructor's copy (it has no solution regions).
+GIVEN_MODULES = frozenset({"pipeline_launch"})
 STATE_DIR = ".pplab"
 LAST_GRADE_FILE = "last_grade.json"
 ATTEMPTS_FILE = "attempts.json"
@@ -266,6 +269,8 @@ def status_text(submission: Path, rubric: Rubric) -> str:
         state = statuses[module]
         if state.problem:
             text = state.problem
+        elif module in GIVEN_MODULES and not state.stubs:
+            text = "given code, nothing to implement"
         elif state.stubs:
             text = f"{len(state.stubs)} of {len(state.functions)} functions still stubs: {', '.join(state.stubs)}"
         else:

@@ -17,6 +17,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_LIMITS = Limits(call_timeout=15.0, import_timeout=15.0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_unchanged():
+    """Fail the session when a test leaves grading history (``.pplab/``) in the repository's folders.
+
+    Tests grade copies: history in ``exercises/`` would give the next
+    ``pplab grade`` there other hints and attempt counts.
+    """
+    def history_folders():
+        return {path for path in REPO_ROOT.glob("**/.pplab") if ".venv" not in path.parts}
+
+    before = history_folders()
+    yield
+    created = sorted(str(path.relative_to(REPO_ROOT)) for path in history_folders() - before)
+    assert not created, f"tests left grading history in the repository: {', '.join(created)}"
+
+
 @pytest.fixture(scope="session")
 def samples():
     return load_samples()

@@ -70,6 +70,7 @@ def class_dir(tmp_path_factory):
     copy_modules(REPO_ROOT / "exercises", root / "bob")
     copy_modules(REPO_ROOT / "reference", root / "alice")
     (root / ".hidden").mkdir()
+    (root / "__pycache__").mkdir()
     (root / "notes.txt").write_text("not a submission")
     return root
 
@@ -403,10 +404,14 @@ def test_jobs_default_is_cpu_count():
     (lambda tmp, subs: [str(subs), "--check", "no.such"], "unknown check"),
     (lambda tmp, subs: [str(subs), "--timeout", "0"], "--timeout"),
     (lambda tmp, subs: [str(tmp / "empty")], "no subfolders"),
+    (lambda tmp, subs: [str(subs), "--state", str(tmp / "no" / "state.jsonl")], "does not exist"),
+    (lambda tmp, subs: [str(subs), "--state", str(tmp)], "is a folder"),
+    (lambda tmp, subs: [str(subs), "--json-dir", str(subs / "a" / "file.txt")], "is not a folder"),
 ])
 def test_bad_input_exits_two(tmp_path, capsys, make_args, text):
     subs = tmp_path / "subs"
     (subs / "a").mkdir(parents=True)
+    (subs / "a" / "file.txt").write_text("not a folder")
     (tmp_path / "empty").mkdir()
     args = make_args(tmp_path, subs)
     if "--csv" not in args:

@@ -44,16 +44,26 @@ def test_grade_buggy_json_messages_are_deterministic(sample_dirs):
     assert "for P=" in failed[0]["message"]
 
 
-def test_grade_stubs_scores_zero_with_exit_zero():
-    run = pplab("grade", "exercises")
+def copy_of(folder: str, tmp_path: Path) -> str:
+    """Copy the repository folder's modules to ``tmp_path``, so grading history stays out of the repository."""
+    target = tmp_path / folder
+    target.mkdir()
+    for module in (ROOT / folder).glob("*.py"):
+        shutil.copyfile(module, target / module.name)
+    return str(target)
+
+
+def test_grade_stubs_scores_zero_with_exit_zero(tmp_path):
+    run = pplab("grade", copy_of("exercises", tmp_path))
     assert run.returncode == 0, run.stderr
     assert "Total: 0/" in run.stdout
     assert run.stdout.count("not implemented yet") == run.stdout.count("  TODO  ") >= 10
 
 
-def test_fail_under_sets_exit_status():
-    assert pplab("grade", "exercises", "--check", "exercise_1.gpipe", "--fail-under", "50").returncode == 1
-    assert pplab("grade", "reference", "--check", "exercise_1.gpipe", "--fail-under", "50").returncode == 0
+def test_fail_under_sets_exit_status(tmp_path):
+    stubs, reference = copy_of("exercises", tmp_path), copy_of("reference", tmp_path)
+    assert pplab("grade", stubs, "--check", "exercise_1.gpipe", "--fail-under", "50").returncode == 1
+    assert pplab("grade", reference, "--check", "exercise_1.gpipe", "--fail-under", "50").returncode == 0
 
 
 def test_output_file_holds_json(tmp_path):

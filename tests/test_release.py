@@ -469,6 +469,21 @@ def test_status_names_next_check(tmp_path):
     assert f"Next: {second.id}" in text
     assert "schedules.py" in text
     assert "still stubs" in text
+    assert "pipeline_launch.py  given code, nothing to implement" in text
+
+
+def test_given_modules_match_reference():
+    # The checks' modules whose reference copy has no solution region are
+    # exactly the modules pplab status calls given code.
+    from grader import checks  # noqa: F401  (registers every check)
+    from grader.checking import REGISTRY
+    from grader.status import GIVEN_MODULES
+    from grader.stubs import BEGIN
+
+    used = {module for check in REGISTRY.values() for module in check.modules}
+    given = {module for module in used
+             if BEGIN not in (REPO_ROOT / "reference" / f"{module}.py").read_text(encoding="utf-8")}
+    assert given == GIVEN_MODULES
 
 
 def test_release_hints_after_repeated_failure(release, tmp_path):

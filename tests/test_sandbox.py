@@ -372,3 +372,38 @@ def test_torch_worker_waits_for_warm_server(tmp_path, monkeypatch):
         assert server.torch_ready()
     finally:
         server.close()
+
+
+def test_syntax_error_shows_learner_file_only(tmp_path):
+    folder = make_submission(tmp_path, """
+        def broken(:
+            pass
+    """)
+    with Worker(folder, LIMITS) as worker:
+        with pytest.raises(LearnerRaised) as info:
+            worker.call("mod", "broken")
+    text = f"{info.value}\n{info.value.traceback}"
+    assert "mod.py, line 2" in text
+    assert "_sandbox_child.py" not in text
+    assert "worker_main.py" not in text
+    assert "importlib" not in text
+
+
+def test_traceback_starts_in_submission(tmp_path):
+    folder = make_submission(tmp_path, """
+        import numpy as np
+
+        def bad_reshape():
+            return helper()
+
+        def helper():
+            return np.zeros(3).reshape(2, 2)
+    """)
+    with Worker(folder, LIMITS) as worker:
+        with pytest.raises(LearnerRaised) as info:
+            worker.call("mod", "bad_reshape")
+    text = info.value.traceback
+    assert "in bad_reshape" in text
+    assert "in helper" in text
+    assert "_sandbox_child.py" not in text
+    assert "worker_main.py" not in text
