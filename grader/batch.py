@@ -221,6 +221,11 @@ def _last_line(text: str) -> str:
     return lines[-1].removeprefix("pplab: error: ")
 
 
+def _exit_message(status: int | None, stderr: str) -> str:
+    """Describe a failed grading run by its exit status and the last line it wrote on stderr."""
+    return f"grading exited with status {status}: {_last_line(stderr) or 'no error message'}"
+
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -298,8 +303,7 @@ class Job:
                 self.process.wait()
                 self._stderr.seek(error_offset)
                 stderr = self._stderr.read().decode(errors="replace")
-                raise JobDied(f"grading exited with status {self.process.returncode}: "
-                              f"{_last_line(stderr) or 'no error message'}")
+                raise JobDied(_exit_message(self.process.returncode, stderr))
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         reply = json.loads(line)
@@ -372,17 +376,13 @@ class JobPool:
 # --- grading one submission ---------------------------------------------------
 
 def grade_one(folder: Path, options: BatchOptions, checks: list[tuple[str, float]],
-              json_dir: Path | None = None, jobs: JobPool | None = None) -> dict:
-    """Grade one submission folder in a grading job and return its record (a CSV row as a dict).
-
-    Without ``jobs``, a job is started for this submission alone.
-    """
+              json_dir: Path | None, jobs: JobPool) -> dict:
+    """Grade one submission folder in a job from ``jobs`` and return its record (a CSV row as a dict)."""
     max_score = sum(points for _, points in checks)
     record = {"submission": folder.name, "fingerprint": fingerprint(folder), "status": ERROR,
               "score": None, "max_score": max_score, "checks": {}, "duration_s": 0.0, "message": ""}
-    pool = jobs or JobPool(folder.parent, _Children())
     started = time.monotonic()
-    job = pool.take()
+    job = jobs.take()
     try:
         reply = job.grade(options.grade_arguments(folder), options.timeout_s)
     except JobDied as error:
@@ -398,10 +398,7 @@ def grade_one(folder: Path, options: BatchOptions, checks: list[tuple[str, float
             record["status"] = TIMEOUT
             record["message"] = f"grading took longer than {options.timeout_s:g} s and was stopped"
         else:
-            pool.give_back(job)
-    finally:
-        if jobs is None:
-            pool.close()
+            jobs.give_back(job)
     record["duration_s"] = round(time.monotonic() - started, 3)
     if reply is None:
         return record
@@ -411,7 +408,7 @@ def grade_one(folder: Path, options: BatchOptions, checks: list[tuple[str, float
         record.update(status=INVALID, score=0.0, message=_last_line(stderr) or "the submission cannot be graded")
         return record
     if status != 0:
-        record["message"] = f"grading exited with status {status}: {_last_line(stderr) or 'no error message'}"
+        record["message"] = _exit_message(status, stderr)
         return record
     try:
         report = json.loads(stdout)
@@ -760,8 +757,8 @@ def _serve() -> int:
     """Serve :class:`Job` requests from stdin until it closes; return the exit status.
 
     Each request runs ``pplab`` in this process with its stdout and stderr
-    captured; the reply goes to the original stdout, which nothing else may
-    write to, so fd 1 is pointed at stderr for the job's lifetime.
+    captured. Replies go to the original stdout. Nothing else may write
+    there, so fd 1 points at stderr while the job runs.
     """
     _stop_on_sigterm()
     _stop_when_orphaned(os.getppid())

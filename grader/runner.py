@@ -201,11 +201,12 @@ def _start_worker(submission: Path, limits: Limits, import_failures: dict[str, S
     with torch is still warming up: waiting for it here would hold up the
     check that runs now.
     """
+    wants_torch = needs_torch(check)
     server = fork_server()
-    if needs_torch(check) and server is not None and not server.torch_ready():
+    if wants_torch and server is not None and not server.torch_ready():
         return None
     try:
-        return Worker(submission, limits, import_failures, needs_torch=needs_torch(check))
+        return Worker(submission, limits, import_failures, needs_torch=wants_torch)
     except Exception:  # noqa: BLE001 - reported by run_check, which tries again
         return None
 

@@ -481,9 +481,9 @@ def test_given_modules_match_reference():
     from grader.stubs import BEGIN
 
     used = {module for check in REGISTRY.values() for module in check.modules}
-    given = {module for module in used
-             if BEGIN not in (REPO_ROOT / "reference" / f"{module}.py").read_text(encoding="utf-8")}
-    assert given == GIVEN_MODULES
+    without_solutions = {module for module in used
+                         if BEGIN not in (REPO_ROOT / "reference" / f"{module}.py").read_text(encoding="utf-8")}
+    assert without_solutions == GIVEN_MODULES
 
 
 def test_release_hints_after_repeated_failure(release, tmp_path):
